@@ -1,0 +1,79 @@
+"""The message-passing graph shared by every backend: receiver-sorted edges plus CSR pointers.
+
+Edges are directed sender -> receiver and sorted by receiver (stable), so sums over the incoming edges of
+a node are contiguous segments recv_ptr[i]:recv_ptr[i+1] (no atomics needed, deterministic). The transposed
+op (sum over the outgoing edges of a node) uses send_perm, the stable argsort of senders, with send_ptr.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Graph(NamedTuple):
+    """senders [E] int64, receivers [E] int64 (non-decreasing), num_nodes N,
+    recv_ptr [N+1] int64 (edges of receiver i are recv_ptr[i]:recv_ptr[i+1]),
+    send_perm [E] int64 (edge ids ordered by sender, stable), send_ptr [N+1] int64
+    (send_perm[send_ptr[i]:send_ptr[i+1]] are the edges sent by node i). All on one device."""
+
+    senders: torch.Tensor
+    receivers: torch.Tensor
+    num_nodes: int
+    recv_ptr: torch.Tensor
+    send_perm: torch.Tensor
+    send_ptr: torch.Tensor
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.senders.shape[0])
+
+
+def _ptr(sorted_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """CSR pointer [N+1] of a sorted index vector [E]: ptr[i] = number of entries < i."""
+    nodes = torch.arange(num_nodes + 1, device=sorted_index.device, dtype=torch.int64)
+    return torch.searchsorted(sorted_index, nodes, right=False)
+
+
+def make_graph(senders: torch.Tensor, receivers: torch.Tensor, num_nodes: int, *, check: bool = True) -> Graph:
+    """Build the Graph from edge lists senders [E], receivers [E] (integer tensors, same device).
+
+    Validates: 1-D, same length, integer dtype, 0 <= index < num_nodes, receivers non-decreasing
+    (ValueError otherwise). check=False skips the value checks (they synchronise a GPU); shapes and dtypes
+    are always checked. Zero edges and nodes without edges are fine."""
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+        raise ValueError(f"make_graph: num_nodes must be an int >= 0, got {num_nodes!r}")
+    for name, t in (("senders", senders), ("receivers", receivers)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1:
+            raise ValueError(f"make_graph: {name} must be a 1-D tensor, got {getattr(t, 'shape', type(t))}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"make_graph: {name} must be an integer tensor, got {t.dtype}")
+    if senders.shape != receivers.shape:
+        raise ValueError(f"make_graph: senders {tuple(senders.shape)} and receivers {tuple(receivers.shape)} differ")
+    if senders.device != receivers.device:
+        raise ValueError(f"make_graph: senders on {senders.device}, receivers on {receivers.device}")
+    senders = senders.to(torch.int64).contiguous()
+    receivers = receivers.to(torch.int64).contiguous()
+    num_edges = senders.shape[0]
+    if check and num_edges:
+        for name, t in (("senders", senders), ("receivers", receivers)):
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= num_nodes:
+                raise ValueError(f"make_graph: {name} out of range [0, {num_nodes}): min {lo}, max {hi}")
+        if num_edges > 1:
+            bad = torch.nonzero(receivers[1:] < receivers[:-1])
+            if bad.numel():
+                e = int(bad[0, 0])
+                raise ValueError(
+                    f"make_graph: receivers must be sorted (non-decreasing); receivers[{e}] = "
+                    f"{int(receivers[e])} > receivers[{e + 1}] = {int(receivers[e + 1])}"
+                )
+    send_perm = torch.argsort(senders, stable=True)
+    return Graph(
+        senders=senders,
+        receivers=receivers,
+        num_nodes=num_nodes,
+        recv_ptr=_ptr(receivers, num_nodes),
+        send_perm=send_perm,
+        send_ptr=_ptr(senders[send_perm], num_nodes),
+    )
