@@ -1,0 +1,10 @@
+"""tumbler.potential: the equivariant interatomic potential and what uses it.
+
+Public API (potential engineer): ModelConfig, Potential, save_model, load_model, read_model_file,
+Calculator, Irreps. Conventions: eV, Å, eV/Å, eV/Å^3 (ASE stress sign); see potential/model.py.
+"""
+
+from .calculator import Calculator
+from .io import FORMAT, FORMAT_VERSION, load_model, read_model_file, save_model
+from .irreps import Irreps
+from .model import ModelConfig, Potential

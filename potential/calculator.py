@@ -1,0 +1,102 @@
+"""ASE calculator for a tumbler Potential.
+
+Properties: energy and free_energy (eV; equal, no electronic entropy), forces (eV/Å), energies (per-atom
+energies, eV; they sum to energy) and stress (eV/Å^3, ASE sign and Voigt order xx yy zz yz xz xy), the
+latter only for 3D-periodic cells: it is computed with every call on such cells (one extra strain gradient,
+no second model evaluation when ASE asks for it) and asking for it on any other system is an error.
+
+The neighbour list is a ``data.VerletList`` (cutoff r_max, skin 1 Å by default) kept on the model's device,
+so MD steps reuse it until an atom moves more than skin/2; edges beyond r_max contribute exactly zero, so
+results equal those of a freshly built list (to rounding from the summation order). Results are cached by
+ASE's ``check_state`` rules (positions, numbers, cell, pbc ...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator as _AseCalculator
+from ase.calculators.calculator import PropertyNotImplementedError, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+import data
+
+from .io import load_model
+from .model import Potential
+
+
+class Calculator(_AseCalculator):
+    """``Calculator(model, device=None, skin=1.0)``; ``device=None`` keeps the model where it is."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(self, model: Potential, device: str | torch.device | None = None, skin: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(model, Potential):
+            raise TypeError(f"Calculator: expected a potential.Potential, got {type(model).__name__}")
+        if device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = model.dtype
+        self.neighbors = data.VerletList(model.r_max, skin)
+
+    @classmethod
+    def from_file(cls, path, device: str | torch.device = "cpu", **kwargs) -> "Calculator":
+        """Load a model file (``potential.save_model``) and wrap it; kwargs go to ``Calculator``."""
+        return cls(load_model(path, device=device), **kwargs)
+
+    def _check_elements(self, numbers: np.ndarray) -> None:
+        unknown = sorted(set(int(z) for z in numbers) - set(self.model.elements))
+        if unknown:
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            known = ", ".join(chemical_symbols[z] for z in self.model.elements)
+            raise ValueError(f"unknown element(s) {names}: this model knows only {known}")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        pbc_np = np.asarray(atoms.pbc, dtype=bool)
+        periodic = bool(pbc_np.all())
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress needs a 3D-periodic cell; this system has pbc={pbc_np.tolist()}")
+        numbers_np = atoms.get_atomic_numbers()
+        self._check_elements(numbers_np)
+
+        device, dtype = self.device, self.dtype
+        n = len(atoms)
+        positions = torch.tensor(atoms.positions, dtype=dtype, device=device)  # [N, 3] Å
+        cell = torch.tensor(atoms.cell.array, dtype=dtype, device=device)  # [3, 3], rows = lattice vectors
+        pbc = torch.tensor(pbc_np, device=device)  # [3]
+        senders, receivers, shifts = self.neighbors.update(positions, cell, pbc)  # within r_max + skin
+        batch = data.Batch(
+            positions=positions,
+            numbers=torch.tensor(numbers_np, dtype=torch.int64, device=device),
+            batch=torch.zeros(n, dtype=torch.int64, device=device),
+            ptr=torch.tensor([0, n], dtype=torch.int64, device=device),
+            cell=cell.unsqueeze(0),
+            pbc=pbc.unsqueeze(0),
+            senders=senders,
+            receivers=receivers,
+            cell_shifts=shifts.to(dtype),
+            energy=torch.full((1,), float("nan"), dtype=torch.float64, device=device),
+            has_energy=torch.zeros(1, dtype=torch.bool, device=device),
+            forces=torch.zeros(n, 3, dtype=dtype, device=device),
+            has_forces=torch.zeros(1, dtype=torch.bool, device=device),
+            stress=torch.zeros(1, 3, 3, dtype=dtype, device=device),
+            has_stress=torch.zeros(1, dtype=torch.bool, device=device),
+            weight=torch.ones(1, dtype=torch.float64, device=device),
+            index=torch.zeros(1, dtype=torch.int64, device=device),
+        )
+        out = self.model(batch, forces=True, stress=periodic)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out["node_energy"].cpu().numpy().astype(np.float64),
+            "forces": out["forces"].cpu().numpy().astype(np.float64),
+        }
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].cpu().numpy().astype(np.float64))

@@ -1,0 +1,113 @@
+"""Model files: one ``torch.save`` dict that rebuilds the Potential with nothing else.
+
+Layout (format_version 1):
+    {"format": "tumbler-model", "format_version": 1, "tumbler_version": str,
+     "config": ModelConfig.to_dict() (elements, E0s, scale, shift, dtype, ...),
+     "state_dict": weights and buffers on the CPU,
+     "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
+     "extra": user dict (plain Python data: metrics, training config, ...) or None}
+Files are written atomically (temp file in the same folder, fsync, os.replace) and read with
+``torch.load(weights_only=True)``, so a model file can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .model import ModelConfig, Potential
+
+FORMAT = "tumbler-model"
+FORMAT_VERSION = 1
+UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"}
+
+
+def _tumbler_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tumbler")
+    except Exception:  # not installed as a distribution (e.g. run from a source tree)
+        return "unknown"
+
+
+def save_model(model: Potential, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write ``model`` (config + weights) to ``path`` atomically; ``extra`` is stored as given."""
+    if not isinstance(model, Potential):
+        raise TypeError(f"save_model: expected a potential.Potential, got {type(model).__name__}")
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tumbler_version": _tumbler_version(),
+        "config": model.config.to_dict(),
+        "state_dict": state,
+        "units": dict(UNITS),
+        "extra": extra,
+    }
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_model_file(path: str | os.PathLike) -> dict:
+    """The checked payload dict of a model file (tensors on the CPU). Errors say what the file is instead."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"model file '{path}' is a directory")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"'{path}' is not a tumbler model file (torch.load failed: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        what = f"a {type(payload).__name__}" if not isinstance(payload, dict) else \
+            f"a dict with keys {sorted(map(str, payload))[:8]}"
+        raise ValueError(f"'{path}' is not a tumbler model file: it holds {what}, without format='{FORMAT}' "
+                         f"(a raw state_dict, a training checkpoint or another program's file?)")
+    version = payload.get("format_version")
+    if not isinstance(version, int):
+        raise ValueError(f"'{path}': bad format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"'{path}' has model format version {version}, written by a newer tumbler "
+                         f"({payload.get('tumbler_version', 'unknown')}); this tumbler reads versions "
+                         f"<= {FORMAT_VERSION}: upgrade tumbler to load it")
+    for key in ("config", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise ValueError(f"'{path}': model file lacks its '{key}' entry")
+    return payload
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", backend: str | None = None) -> Potential:
+    """Rebuild the Potential saved in ``path`` on ``device``, in eval mode.
+
+    ``backend`` overrides the saved kernels backend (e.g. "reference" for a model saved with "triton")."""
+    payload = read_model_file(path)
+    config_dict = dict(payload["config"])
+    if backend is not None:
+        config_dict["backend"] = backend
+    try:
+        config = ModelConfig.from_dict(config_dict)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"'{path}': bad model config: {e}") from e
+    model = Potential(config)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"'{path}': weights do not match the saved config: {e}") from e
+    return model.to(device).eval()

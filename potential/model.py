@@ -1,0 +1,314 @@
+"""The potential: MACE-style equivariant message passing with HIP-NN-style summed per-layer energies.
+
+Energy model (eV), for atom i of species s_i:
+
+    E_i = E0[s_i] + shift * tanh(n_i) + scale * sum_t readout_t(h_i^t)        (accumulated in float64)
+    n_i = sum_{j in N(i)} f_cut(r_ij)                                          (smooth coordination number)
+
+- E0 (``atomic_energies``) are the isolated-atom reference energies. An atom with no neighbour inside r_max
+  has n_i = 0 and all hidden features exactly 0 (no biases after the embedding), so it gets exactly E0[s_i].
+- ``shift`` (eV/atom) is the mean per-atom energy above the E0s in condensed environments; the gate tanh(n_i)
+  switches it off smoothly (C^2, like f_cut) as an atom loses its last neighbour, so isolated atoms stay at E0
+  while bulk and molecular atoms (n_i >~ 3, tanh >~ 0.995) get the full shift.
+- ``scale`` (eV) multiplies the sum of the per-layer readouts (linear for hidden layers, an MLP on the last).
+Forces are -dE/dpositions, stress = (1/V) dE/dstrain (ASE sign), both from one autograd call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import kernels
+
+from .layers import Interaction, LinearReadout, NonLinearReadout, ProductBasis, SpeciesEmbedding
+from .radial import BesselBasis, PolynomialEnvelope
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+BACKENDS = ("auto", "reference", "triton")
+MAX_Z = 118
+
+
+@dataclass
+class ModelConfig:
+    """Hyperparameters of a Potential (all that is needed to rebuild it; saved in model files).
+
+    elements: sorted atomic numbers; atomic_energies: E0 per element (eV, aligned with elements; [] = zeros);
+    lmax: hidden feature l; lmax_sh: edge harmonics l; correlation: body order - 1 of the product basis;
+    r_max (Å); radial_hidden: widths of the radial MLP; readout_hidden: width of the last readout MLP;
+    avg_num_neighbors: divides each conv sum; scale (eV), shift (eV/atom): see the module docstring;
+    dtype: "float32" | "float64" (parameters and features; energies are always summed in float64);
+    backend: kernels backend ("auto" | "reference" | "triton").
+    """
+
+    elements: list[int]
+    channels: int = 32
+    lmax: int = 1
+    lmax_sh: int = 3
+    correlation: int = 3
+    num_interactions: int = 2
+    r_max: float = 5.0
+    num_bessel: int = 8
+    envelope_p: int = 6
+    radial_hidden: tuple[int, ...] = (64, 64, 64)
+    readout_hidden: int = 16
+    avg_num_neighbors: float = 1.0
+    atomic_energies: list[float] = field(default_factory=list)
+    scale: float = 1.0
+    shift: float = 0.0
+    dtype: str = "float64"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        def bad(key, value, why):
+            return ValueError(f"ModelConfig: {key}={value!r}: {why}")
+
+        def as_int(key, low):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise bad(key, v, f"must be an integer >= {low}")
+
+        def as_float(key, positive):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+                raise bad(key, v, "must be a finite number" + (" > 0" if positive else ""))
+            setattr(self, key, float(v))
+
+        elements = self.elements
+        if not isinstance(elements, (list, tuple)) or not elements:
+            raise bad("elements", elements, "must be a non-empty list of atomic numbers")
+        for z in elements:
+            if isinstance(z, bool) or not isinstance(z, int) or not 1 <= z <= MAX_Z:
+                raise bad("elements", elements, f"entry {z!r} is not an atomic number 1..{MAX_Z}")
+        if len(set(elements)) != len(elements):
+            raise bad("elements", elements, "has duplicates")
+        energies = list(self.atomic_energies) if self.atomic_energies is not None else []
+        if not energies:
+            energies = [0.0] * len(elements)
+        if len(energies) != len(elements):
+            raise bad("atomic_energies", self.atomic_energies, f"needs one value per element ({len(elements)})")
+        for e in energies:
+            if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
+                raise bad("atomic_energies", self.atomic_energies, f"entry {e!r} is not a finite number")
+        order = sorted(range(len(elements)), key=lambda k: elements[k])  # sort elements, energies follow
+        self.elements = [int(elements[k]) for k in order]
+        self.atomic_energies = [float(energies[k]) for k in order]
+        for key, low in (("channels", 1), ("lmax", 0), ("lmax_sh", 0), ("correlation", 1), ("num_interactions", 1),
+                         ("num_bessel", 1), ("envelope_p", 2), ("readout_hidden", 1)):
+            as_int(key, low)
+        for key, positive in (("r_max", True), ("avg_num_neighbors", True), ("scale", False), ("shift", False)):
+            as_float(key, positive)
+        hidden = self.radial_hidden
+        if not isinstance(hidden, (list, tuple)) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                                                        for h in hidden):
+            raise bad("radial_hidden", hidden, "must be a list of positive integers")
+        self.radial_hidden = tuple(hidden)
+        if self.dtype not in DTYPES:
+            raise bad("dtype", self.dtype, f"must be one of {sorted(DTYPES)}")
+        if self.backend not in BACKENDS:
+            raise bad("backend", self.backend, f"must be one of {list(BACKENDS)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Build from a plain dict (YAML / model file); unknown keys are an error naming them."""
+        if not isinstance(d, dict):
+            raise ValueError(f"ModelConfig.from_dict: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown key(s) {unknown} (values {[d[k] for k in unknown]}); "
+                             f"known keys: {sorted(known)}")
+        if "elements" not in d:
+            raise ValueError("ModelConfig: missing required key 'elements'")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """Plain-Python dict (lists, not tuples) that from_dict accepts."""
+        d = dataclasses.asdict(self)
+        d["radial_hidden"] = list(self.radial_hidden)
+        return d
+
+
+class Potential(nn.Module):
+    """Equivariant interatomic potential. ``forward(batch)`` -> energies (float64), forces, stress."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"Potential expects a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        dtype = DTYPES[config.dtype]
+        c, num_species, lmax = config.channels, len(config.elements), config.lmax
+        table = torch.full((MAX_Z + 1,), -1, dtype=torch.int64)  # atomic number -> species index, -1 unknown
+        table[torch.tensor(config.elements)] = torch.arange(num_species)
+        self.register_buffer("species_of_z", table)
+        self.register_buffer("atomic_energies", torch.tensor(config.atomic_energies, dtype=torch.float64))  # [S] eV
+        self.register_buffer("scale", torch.tensor(config.scale, dtype=torch.float64))  # eV
+        self.register_buffer("shift", torch.tensor(config.shift, dtype=torch.float64))  # eV/atom
+
+        self.bessel = BesselBasis(config.r_max, config.num_bessel)
+        self.envelope = PolynomialEnvelope(config.r_max, config.envelope_p)
+        self.embedding = SpeciesEmbedding(num_species, c)
+        self.interactions, self.products, self.readouts = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for t in range(config.num_interactions):
+            last = t == config.num_interactions - 1
+            lmax_in = 0 if t == 0 else lmax  # the embedding is l = 0 only
+            lmax_hidden = 0 if last else lmax  # only scalars are read out after the last layer
+            # messages carry every l the harmonics give (MACE's interaction irreps), at least lmax, and no l
+            # that no path reaches (l_out <= l_in + l_sh)
+            lmax_msg = min(max(config.lmax_sh, lmax), lmax_in + config.lmax_sh)
+            self.interactions.append(Interaction(lmax_in, config.lmax_sh, lmax_msg, c, config.num_bessel,
+                                                 config.radial_hidden, config.avg_num_neighbors))
+            self.products.append(ProductBasis(lmax_msg, lmax_hidden, config.correlation, num_species, c,
+                                              skip_lmax=None if t == 0 else lmax_in))
+            self.readouts.append(NonLinearReadout(c, config.readout_hidden) if last else LinearReadout(c))
+        self.to(dtype)  # parameters and float buffers; the energy references stay float64 (see _apply)
+        self.set_backend(config.backend)
+
+    _FLOAT64_BUFFERS = ("atomic_energies", "scale", "shift")
+
+    def _apply(self, fn, recurse=True):
+        """Module.to/.float()/.cuda() hook: the energy references follow the device but stay float64."""
+        saved = {name: self._buffers[name] for name in self._FLOAT64_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, old in saved.items():
+            self._buffers[name] = old.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def elements(self) -> list[int]:
+        return list(self.config.elements)
+
+    @property
+    def r_max(self) -> float:
+        return self.config.r_max
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    def set_backend(self, name: str) -> None:
+        """Select the kernels backend at run time (results do not depend on it); config.backend is unchanged."""
+        self.ops = kernels.get_ops(name)
+        self.backend = name
+
+    def set_energy_reference(self, atomic_energies=None, scale=None, shift=None) -> None:
+        """Replace E0s (list aligned with elements, eV), scale (eV) and/or shift (eV/atom), in config and buffers."""
+        updates = {k: v for k, v in (("atomic_energies", atomic_energies), ("scale", scale), ("shift", shift))
+                   if v is not None}
+        self.config = dataclasses.replace(self.config, **{k: list(v) if k == "atomic_energies" else v
+                                                          for k, v in updates.items()})
+        self.atomic_energies.copy_(torch.tensor(self.config.atomic_energies, dtype=torch.float64))
+        self.scale.fill_(self.config.scale)
+        self.shift.fill_(self.config.shift)
+
+    # ----------------------------------------------------------------- forward
+    def species_index(self, numbers: torch.Tensor, structure_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Atomic numbers [N] -> species indices [N]; ValueError naming unknown elements (and their structures)."""
+        from ase.data import chemical_symbols
+
+        valid = (numbers >= 0) & (numbers <= MAX_Z)
+        species = self.species_of_z[torch.where(valid, numbers, torch.zeros_like(numbers))]
+        bad = (species < 0) | ~valid
+        if bool(bad.any()):
+            zs = sorted(set(numbers[bad].tolist()))
+            names = ", ".join(f"{chemical_symbols[z] if 0 < z <= MAX_Z else '?'} (Z={z})" for z in zs)
+            where = ""
+            if structure_index is not None:
+                rows = sorted(set(structure_index[bad].tolist()))
+                where = f" in structure(s) {rows[:10]}{' ...' if len(rows) > 10 else ''}"
+            known = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in self.config.elements)
+            raise ValueError(f"unknown element(s) {names}{where}: this model knows only {known}")
+        return species
+
+    def forward(self, batch, forces: bool = True, stress: bool = False, training: bool = False) -> dict:
+        """Energies and derivatives of a ``data.Batch``.
+
+        Returns "energy" [B] float64 (eV), "node_energy" [N] float64 (eV), "forces" [N, 3] (eV/Å, model dtype,
+        if forces), "stress" [B, 3, 3] (eV/Å^3, ASE sign, 0 unless the structure is 3D periodic; if stress).
+        training=True builds a differentiable graph (create_graph) so losses on forces/stress reach the
+        weights; training=False is inference: outputs are detached and no second-order graph is kept.
+        """
+        need_grad = forces or stress
+        grad_mode = torch.enable_grad() if (need_grad or training) else torch.no_grad()
+        with grad_mode:
+            return self._forward(batch, forces, stress, training)
+
+    def _forward(self, batch, forces: bool, stress: bool, training: bool) -> dict:
+        dtype = self.dtype
+        num_structures = int(batch.ptr.shape[0]) - 1
+        species = self.species_index(batch.numbers, getattr(batch, "index", None))  # [N]
+        structure = batch.batch  # [N]
+        positions = batch.positions.to(dtype)  # [N, 3] Å
+        if forces or stress:
+            positions = positions.detach().requires_grad_(True)
+        cell = batch.cell.to(dtype)  # [B, 3, 3], rows are lattice vectors
+        strain = None
+        pos, cell_eff = positions, cell
+        if stress:
+            # symmetric homogeneous deformation x -> x (I + eps), applied to positions and lattice vectors
+            strain = torch.zeros(num_structures, 3, 3, dtype=dtype, device=positions.device, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))  # [B, 3, 3]
+            pos = positions + torch.einsum("ni,nij->nj", positions, sym[structure])
+            cell_eff = cell + cell @ sym
+
+        senders, receivers = batch.senders, batch.receivers  # [E]
+        shifts = batch.cell_shifts.to(dtype)  # [E, 3] integer multiples of the lattice vectors
+        vec = pos[senders] - pos[receivers] + torch.einsum("ei,eij->ej", shifts, cell_eff[structure[receivers]])
+        node_energy = self._node_energy(species, vec, senders, receivers, positions.shape[0])  # [N] float64
+        energy = torch.zeros(num_structures, dtype=torch.float64, device=node_energy.device)
+        energy = energy.index_add(0, structure, node_energy)  # [B]
+
+        out = {"energy": energy, "node_energy": node_energy}
+        if forces or stress:
+            inputs = [positions] + ([strain] if stress else [])
+            if energy.requires_grad:
+                grads = torch.autograd.grad(energy.sum(), inputs, create_graph=training, allow_unused=True)
+            else:  # nothing depends on the inputs (e.g. frozen weights and no edges)
+                grads = [None] * len(inputs)
+            grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+            if forces:
+                out["forces"] = -grads[0]  # [N, 3] eV/Å
+            if stress:
+                periodic = batch.pbc.all(dim=1)  # [B]
+                volume = torch.linalg.det(cell).abs()  # [B] Å^3
+                ok = periodic & (volume > 0)
+                safe_volume = torch.where(ok, volume, torch.ones_like(volume))
+                virial = grads[1]  # [B, 3, 3] eV, dE/dstrain
+                out["stress"] = torch.where(ok[:, None, None], virial / safe_volume[:, None, None],
+                                            torch.zeros_like(virial))
+        if not training:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
+
+    def _node_energy(self, species, vec, senders, receivers, num_nodes: int) -> torch.Tensor:
+        """Per-atom energies [N] float64 from species [N] and edge vectors [E, 3] (Å)."""
+        ops = self.ops
+        graph = kernels.make_graph(senders, receivers, num_nodes)
+        r2 = (vec * vec).sum(dim=-1)  # [E] Å^2
+        nonzero = r2 > 0
+        r = torch.where(nonzero, torch.sqrt(torch.where(nonzero, r2, torch.ones_like(r2))), torch.zeros_like(r2))
+        cutoff = self.envelope(r)  # [E], exactly 0 for r >= r_max
+        edge_feats = self.bessel(r) * cutoff.unsqueeze(-1)  # [E, num_bessel], exactly 0 for r >= r_max
+        edge_sh = ops.spherical_harmonics(vec, self.config.lmax_sh)  # [E, (lmax_sh+1)**2]
+
+        h = self.embedding(species)  # [N, 1, C]
+        site = torch.zeros(num_nodes, dtype=h.dtype, device=h.device)  # [N] sum of readouts
+        for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
+            m = interaction(h, edge_sh, edge_feats, graph, ops)  # [N, K_msg, C]
+            h = product(m, h, species, ops)  # [N, K_hidden, C]
+            site = site + readout(h)  # [N]
+        coordination = torch.zeros(num_nodes, dtype=cutoff.dtype, device=cutoff.device).index_add(0, receivers, cutoff)
+        gate = torch.tanh(coordination)  # [N], 0 exactly for an atom without neighbours
+        return self.atomic_energies[species] + self.shift * gate.double() + self.scale * site.double()
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return (f"elements={cfg.elements}, channels={cfg.channels}, lmax={cfg.lmax}, lmax_sh={cfg.lmax_sh}, "
+                f"correlation={cfg.correlation}, r_max={cfg.r_max}, dtype={cfg.dtype}, backend={self.backend}")
