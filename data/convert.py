@@ -1,0 +1,161 @@
+"""Convert any supported dataset to a tumbler HDF5 file (the one place units change).
+
+    python -m data.convert IN OUT.h5 [--energy-key K] [--forces-key K] [--stress-key K]
+        [--virial-key K] [--format auto|ase|ani|deepmd|mlearn|tumbler] [--limit N]
+        [--allow-missing energy|forces ...] [--config-type LABEL]
+
+Formats (units and the checks behind them: data/readers.py):
+  ase      anything ase.io.read understands (extxyz, ...); labels are looked up by key
+           in atoms.info, atoms.arrays, then the calculator results. Defaults:
+           energy, forces, stress, virial (virial in eV -> stress = -virial/volume).
+  ani      ANI-1 layout HDF5 (Hartree, Hartree/Bohr -> eV, eV/Å). Defaults: energies, forces.
+  deepmd   DeePMD npy system folder(s).
+  mlearn   Zuo et al. 2020 / mlearn JSON with outputs.virial_stress (kBar).
+  tumbler  our own HDF5 (re-validated and rewritten).
+  auto     a folder -> deepmd; HDF5 -> tumbler or ani; mlearn-style .json -> mlearn; else ase.
+
+Every structure needs an energy, and forces unless it has a single atom (an isolated
+atom carries no force); `--allow-missing energy` / `forces` lifts that for energy-only
+or force-only data. Stress is optional per structure. Errors name the file, the
+structure index and the key. The output is written to a temporary file and renamed,
+so a failed conversion leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+from pathlib import Path
+
+from .hdf5 import check_hdf5, is_tumbler_file, open_dataset, write_dataset
+from .readers import is_mlearn_json, read_ani, read_ase, read_deepmd, read_mlearn_json
+from .structure import DataError, Structure, where
+
+FORMATS = ("auto", "ase", "ani", "deepmd", "mlearn", "tumbler")
+LABELS = ("energy", "forces")
+
+
+def detect_format(path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        return "deepmd"
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        check_hdf5(path)  # a text file named .h5 gets a clear error here
+        return "tumbler" if is_tumbler_file(path) else "ani"
+    if is_mlearn_json(path):
+        return "mlearn"
+    return "ase"
+
+
+def _require(structures: list[Structure], keys: list[list[str]], require, key_names: dict) -> None:
+    """DataError for the first structure missing a required label."""
+    for s, available in zip(structures, keys):
+        if "energy" in require and s.energy is None:
+            key = key_names["energy"]
+            raise DataError(f"{where(s.source, s.index, key)}: energy not found (available keys: {available}); "
+                            f"choose one with --energy-key, or pass --allow-missing energy")
+        if "forces" in require and s.forces is None and len(s) > 1:
+            key = key_names["forces"]
+            raise DataError(f"{where(s.source, s.index, key)}: forces not found (available keys: {available}); "
+                            f"choose one with --forces-key, or pass --allow-missing forces")
+
+
+def read_structures(path, format: str = "auto", energy_key: str | None = None, forces_key: str | None = None,
+                    stress_key: str | None = None, virial_key: str | None = None, limit: int | None = None,
+                    require=(), config_type: str | None = None, validate: bool = True) -> list[Structure]:
+    """Read any supported file into validated Structures (tumbler units).
+
+    `require` lists labels ("energy", "forces") that every structure must carry
+    (forces are never required of single-atom structures). `config_type` overrides
+    the label of every structure. Keys left as None use each format's defaults.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
+    fmt = detect_format(path) if format == "auto" else format
+    unknown = set(require) - set(LABELS)
+    if unknown:
+        raise ValueError(f"unknown required label(s) {sorted(unknown)}; choose from {LABELS}")
+    if fmt == "ase":
+        names = {"energy": energy_key or "energy", "forces": forces_key or "forces"}
+        structures, keys = read_ase(path, names["energy"], names["forces"], stress_key or "stress",
+                                    virial_key or "virial", limit=limit)
+    elif fmt == "ani":
+        names = {"energy": energy_key or "energies", "forces": forces_key or "forces"}
+        structures, keys = read_ani(path, names["energy"], names["forces"], limit=limit)
+    elif fmt == "deepmd":
+        names = {"energy": "energy.npy", "forces": "force.npy"}
+        structures, keys = read_deepmd(path, limit=limit)
+    elif fmt == "mlearn":
+        names = {"energy": "outputs.energy", "forces": "outputs.forces"}
+        structures, keys = read_mlearn_json(path, limit=limit)
+    else:
+        dataset = open_dataset(path)
+        structures = dataset[: len(dataset) if limit is None else limit]
+        names = {"energy": "energy", "forces": "forces"}
+        keys = [["energy" if s.energy is not None else "", "forces" if s.forces is not None else ""] for s in structures]
+    _require(structures, keys, require, names)
+    if config_type is not None:
+        for s in structures:
+            s.config_type = config_type
+    if validate:
+        for s in structures:
+            s.validate()
+    return structures
+
+
+def convert(input_path, output_path, format: str = "auto", energy_key=None, forces_key=None, stress_key=None,
+            virial_key=None, limit=None, allow_missing=(), config_type=None) -> list[Structure]:
+    """Read `input_path`, require energy and forces (unless allowed missing), write `output_path`."""
+    if os.path.abspath(input_path) == os.path.abspath(output_path):
+        raise DataError(f"{output_path}: output would overwrite the input")
+    require = tuple(label for label in LABELS if label not in set(allow_missing))
+    structures = read_structures(input_path, format=format, energy_key=energy_key, forces_key=forces_key,
+                                 stress_key=stress_key, virial_key=virial_key, limit=limit, require=require,
+                                 config_type=config_type)
+    if not structures:
+        raise DataError(f"{input_path}: no structures found")
+    write_dataset(output_path, structures, source=os.path.abspath(input_path))
+    return structures
+
+
+def summary(structures: list[Structure], output_path) -> str:
+    n = len(structures)
+    atoms = sum(len(s) for s in structures)
+    counts = {k: sum(getattr(s, k) is not None for s in structures) for k in ("energy", "forces", "stress")}
+    types = collections.Counter(s.config_type for s in structures)
+    return (f"wrote {n} structures ({atoms} atoms) to {output_path}; labels present: energy {counts['energy']}/{n}, "
+            f"forces {counts['forces']}/{n}, stress {counts['stress']}/{n}; config types: {dict(types)}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="input file or DeePMD folder")
+    parser.add_argument("output", help="output tumbler HDF5 file")
+    parser.add_argument("--format", default="auto", choices=FORMATS)
+    parser.add_argument("--energy-key", default=None, help="energy label name (ase default: energy; ani: energies)")
+    parser.add_argument("--forces-key", default=None, help="forces label name (ase default: forces; ani: forces)")
+    parser.add_argument("--stress-key", default=None, help="stress label, eV/Å^3, 6 or 9 comps (default: stress)")
+    parser.add_argument("--virial-key", default=None, help="virial label, eV, 6 or 9 comps (default: virial)")
+    parser.add_argument("--limit", type=int, default=None, help="convert only the first N structures")
+    parser.add_argument("--allow-missing", action="append", default=[], choices=LABELS,
+                        help="allow structures without this label (repeatable)")
+    parser.add_argument("--config-type", default=None, help="set this config_type on every structure")
+    args = parser.parse_args(argv)
+    try:
+        structures = convert(args.input, args.output, format=args.format, energy_key=args.energy_key,
+                             forces_key=args.forces_key, stress_key=args.stress_key, virial_key=args.virial_key,
+                             limit=args.limit, allow_missing=args.allow_missing, config_type=args.config_type)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(structures, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

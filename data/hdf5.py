@@ -1,0 +1,227 @@
+"""Read and write tumbler dataset files (layout in data/schema.py).
+
+Writing goes to a temporary file in the target directory and is moved into place
+with os.replace, so a reader never sees a half-written file, and on any error the
+temporary file is removed. Reading is lazy: `open_dataset` loads the small
+per-structure arrays (B rows) and slices the per-atom arrays one structure at a time.
+The h5py handle is opened on first use in each process (keyed by os.getpid()), so a
+Dataset created before `fork` (DataLoader workers) never shares an HDF5 handle with
+its parent, and pickling (spawn workers) drops the handle.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import schema
+from .structure import DataError, Structure
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".h5.tmp"):
+    """Yield a temporary path beside `path`; on success move it to `path`, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_dataset(path: str | os.PathLike, structures: Iterable[Structure], source: str = "") -> Path:
+    """Validate and write `structures` to `path` atomically; returns the path.
+
+    Every structure is checked first (`Structure.validate`): a DataError names the
+    structure's source file, index and key, and nothing is written.
+    """
+    structures = list(structures)
+    for s in structures:
+        s.validate()
+    num = len(structures)
+    counts = np.array([len(s) for s in structures], dtype=np.int64)
+    ptr = np.zeros(num + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    total = int(ptr[-1])
+
+    def stack(getter, shape, fill=0.0, dtype=np.float64):
+        out = np.full((num, *shape), fill, dtype=dtype)
+        for b, s in enumerate(structures):
+            value = getter(s)
+            if value is not None:
+                out[b] = value
+        return out
+
+    per_atom = {
+        "positions": np.concatenate([s.positions for s in structures]) if num else np.zeros((0, 3)),
+        "numbers": np.concatenate([s.numbers for s in structures]) if num else np.zeros(0, np.int64),
+        "forces": np.full((total, 3), np.nan),
+    }
+    for b, s in enumerate(structures):
+        if s.forces is not None:
+            per_atom["forces"][ptr[b] : ptr[b + 1]] = s.forces
+    per_structure = {
+        "energy": stack(lambda s: s.energy, (), fill=np.nan),
+        "stress": stack(lambda s: s.stress, (3, 3), fill=np.nan),
+        "cell": stack(lambda s: s.cell, (3, 3)),
+        "pbc": stack(lambda s: s.pbc, (3,), fill=False, dtype=bool),
+        "weight": stack(lambda s: s.weight, ()),
+        "has_energy": np.array([s.energy is not None for s in structures], dtype=bool),
+        "has_forces": np.array([s.forces is not None for s in structures], dtype=bool),
+        "has_stress": np.array([s.stress is not None for s in structures], dtype=bool),
+    }
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = schema.FORMAT
+            f.attrs["format_version"] = schema.FORMAT_VERSION
+            for quantity, unit in schema.UNITS.items():
+                f.attrs[f"unit_{quantity}"] = unit
+            f.attrs["num_structures"] = num
+            f.attrs["num_atoms"] = total
+            f.attrs["source"] = str(source)
+            f.create_dataset("ptr", data=ptr)
+            for key, value in {**per_atom, **per_structure}.items():
+                f.create_dataset(key, data=value.astype(schema.numpy_dtype(key), copy=False))
+            f.create_dataset(
+                "config_type",
+                data=np.array([s.config_type for s in structures], dtype=object),
+                dtype=h5py.string_dtype("utf-8"),
+                shape=(num,),
+            )
+    return Path(path)
+
+
+def check_hdf5(path: str | os.PathLike) -> None:
+    """DataError naming `path` unless it is an existing HDF5 file."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.isdir(path) or not h5py.is_hdf5(path):
+        raise DataError(f"{path}: not an HDF5 file (expected a tumbler dataset written by data.write_dataset / python -m data.convert)")
+
+
+def is_tumbler_file(path: str | os.PathLike) -> bool:
+    """True if `path` is an HDF5 file carrying the tumbler-dataset format attribute."""
+    if not os.path.isfile(path) or not h5py.is_hdf5(path):
+        return False
+    with h5py.File(path, "r") as f:
+        return f.attrs.get("format") == schema.FORMAT
+
+
+class Dataset(Sequence):
+    """Lazy, fork-safe Sequence[Structure] over one tumbler HDF5 file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        check_hdf5(self.path)
+        with h5py.File(self.path, "r") as f:
+            fmt = f.attrs.get("format")
+            if fmt != schema.FORMAT:
+                raise DataError(
+                    f"{self.path}: HDF5 file is not a tumbler dataset (attribute format={fmt!r}); "
+                    f"convert it first: python -m data.convert {self.path} OUT.h5"
+                )
+            version = int(f.attrs.get("format_version", -1))
+            if version > schema.FORMAT_VERSION:
+                raise DataError(f"{self.path}: format_version {version} is newer than this tumbler reads ({schema.FORMAT_VERSION}); upgrade tumbler")
+            if version < 1:
+                raise DataError(f"{self.path}: invalid format_version {version}")
+            missing = [k for k in schema.FIELD_BY_KEY if k not in f]
+            if missing:
+                raise DataError(f"{self.path}: missing datasets {missing}")
+            self.ptr = f["ptr"][()].astype(np.int64)
+            num, total = len(self.ptr) - 1, int(self.ptr[-1])
+            for key in schema.FIELD_BY_KEY:
+                shape = schema.expected_shape(key, num, total)
+                if f[key].shape != shape:
+                    raise DataError(f"{self.path}: key '{key}': expected shape {shape}, got {f[key].shape}")
+            # Per-structure arrays are small (B rows): keep them in memory.
+            self._meta = {k: f[k][()] for k in schema.PER_STRUCTURE_KEYS if k != "config_type"}
+            self.config_types = [c.decode() if isinstance(c, bytes) else str(c) for c in f["config_type"][()]]
+            self.source = str(f.attrs.get("source", ""))
+        self._file = None
+        self._pid = None
+
+    # -------------------------------------------------------------- handles
+    def _handle(self) -> h5py.File:
+        pid = os.getpid()
+        if self._file is None or self._pid != pid:
+            # A handle inherited through fork belongs to the parent: never use or close it here.
+            self._file = h5py.File(self.path, "r")
+            self._pid = pid
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pid = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: h5py may already be gone
+            pass
+
+    # ------------------------------------------------------------- sequence
+    def __len__(self) -> int:
+        return len(self.ptr) - 1
+
+    @property
+    def num_atoms(self) -> np.ndarray:
+        """(B,) int64 atoms per structure."""
+        return np.diff(self.ptr)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.path}: structure index {index} out of range (0..{len(self) - 1})")
+        f = self._handle()
+        lo, hi = int(self.ptr[index]), int(self.ptr[index + 1])
+        m = self._meta
+        return Structure(
+            positions=f["positions"][lo:hi],
+            numbers=f["numbers"][lo:hi],
+            cell=m["cell"][index],
+            pbc=m["pbc"][index],
+            energy=float(m["energy"][index]) if m["has_energy"][index] else None,
+            forces=f["forces"][lo:hi] if m["has_forces"][index] else None,
+            stress=m["stress"][index] if m["has_stress"][index] else None,
+            weight=float(m["weight"][index]),
+            config_type=self.config_types[index],
+            source=self.path,
+            index=index,
+        )
+
+    def numbers_of(self, index: int) -> np.ndarray:
+        """(n,) atomic numbers of one structure without reading its positions."""
+        return self._handle()["numbers"][int(self.ptr[index]) : int(self.ptr[index + 1])]
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.path!r}, structures={len(self)}, atoms={int(self.ptr[-1])})"
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Lazy, fork-safe Sequence[Structure] over a tumbler HDF5 file."""
+    return Dataset(path)

@@ -1,0 +1,238 @@
+"""Readers for foreign dataset layouts -> list[Structure] in tumbler units (eV, Å).
+
+Each reader returns structures with `source` = the input path and `index` = the
+running structure number in the order read, plus, for each structure, the label
+names it carries (used by `data.convert` for "key not found" messages).
+
+Units and conventions established here (conversion happens once, on the way in):
+- ASE-readable files (extxyz, ...): taken as eV / Å / eV/Å; a virial (eV) becomes
+  stress = -virial / volume, a stress (6 Voigt or 9 comps) is taken in eV/Å^3.
+- ANI-1 layout HDF5 (/<group>/<molecule>/{coordinates, species, energies, forces}):
+  energies in Hartree; forces in Hartree/Bohr. The forces unit is undocumented; we
+  checked it on alkane_ani_h5/C2H6_DFT+Force_NMS.h5: for 76,724 pairs of conformers
+  less than 0.05 Å apart, E_b - E_a = s * (-(F_a + F_b)/2 . (x_b - x_a)) fits with
+  s = 1.880 (1/Bohr in Å^-1 = 1.890; s = 1 would mean Hartree/Å: 47% residual), so
+  the stored forces are -dE/dx in Hartree/Bohr and are multiplied by Hartree/Bohr.
+- DeePMD npy systems (type.raw, type_map.raw, set.*/coord.npy, box.npy, energy.npy,
+  force.npy, optional virial.npy, optional `nopbc` marker): eV, Å, eV/Å, virial eV.
+- mlearn JSON (Zuo et al. 2020, e.g. Si_training_with_stress.json): a list of
+  {structure: pymatgen dict, outputs: {energy, forces, virial_stress}, group, ...}.
+  virial_stress is VASP's stress in kBar, order xx yy zz xy yz zx, sign "positive =
+  compressive". Checked on the Elastic group: for uniaxial strain along x, the
+  Cauchy stress from a fit of E(lambda), sigma_xx = (lambda/V) dE/dlambda, equals
+  -0.1 GPa * virial_stress_xx to within 1% (ratios -0.989..-1.006 over 9 strains).
+  So stress [eV/Å^3] = -virial_stress * 0.1 * ase.units.GPa.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import ase.io
+import h5py
+import numpy as np
+from ase.data import atomic_numbers
+from ase.units import GPa, Bohr, Hartree
+
+from .hdf5 import check_hdf5
+from .structure import DataError, Structure, available_keys, where
+
+
+def read_ase(path, energy_key="energy", forces_key="forces", stress_key="stress", virial_key="virial",
+             limit=None):
+    """Any ASE-readable file. Returns (structures, available_keys_per_structure)."""
+    index = ":" if limit is None else f":{int(limit)}"
+    try:
+        frames = ase.io.read(path, index=index)
+    except Exception as exc:  # ASE raises many types; report them all with the file name
+        raise DataError(f"{path}: ASE could not read the file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(frames, list):
+        frames = [frames]
+    structures, keys = [], []
+    for i, atoms in enumerate(frames):
+        structures.append(Structure.from_atoms(atoms, energy_key=energy_key, forces_key=forces_key,
+                                               stress_key=stress_key, virial_key=virial_key,
+                                               source=str(path), index=i))
+        keys.append(available_keys(atoms))
+    return structures, keys
+
+
+def _species_to_numbers(species, context: str) -> np.ndarray:
+    out = []
+    for s in species:
+        symbol = s.decode() if isinstance(s, bytes) else str(s)
+        if symbol not in atomic_numbers:
+            raise DataError(f"{context}: unknown element symbol {symbol!r}")
+        out.append(atomic_numbers[symbol])
+    return np.array(out, dtype=np.int64)
+
+
+def read_ani(path, energy_key="energies", forces_key="forces", limit=None):
+    """ANI-1 layout HDF5: every group holding `coordinates` and `species` is one molecule."""
+    check_hdf5(path)
+    structures, keys = [], []
+    with h5py.File(path, "r") as f:
+        molecules = []
+        f.visititems(lambda name, obj: molecules.append(name)
+                     if isinstance(obj, h5py.Group) and "coordinates" in obj and "species" in obj else None)
+        if not molecules:
+            raise DataError(f"{path}: no ANI molecule groups (a group with 'coordinates' and 'species') found")
+        for name in sorted(molecules):
+            group = f[name]
+            context = f"{path}: molecule '{name}'"
+            coords = group["coordinates"][()]
+            numbers = _species_to_numbers(group["species"][()], f"{context}: key 'species'")
+            if coords.ndim != 3 or coords.shape[1:] != (len(numbers), 3):
+                raise DataError(f"{context}: key 'coordinates': expected shape (M, {len(numbers)}, 3), got {coords.shape}")
+            count = coords.shape[0]
+            energies = group[energy_key][()] if energy_key in group else None
+            forces = group[forces_key][()] if forces_key in group else None
+            if energies is not None and energies.shape != (count,):
+                raise DataError(f"{context}: key '{energy_key}': expected shape ({count},), got {energies.shape}")
+            if forces is not None and forces.shape != coords.shape:
+                raise DataError(f"{context}: key '{forces_key}': shape {forces.shape} does not match coordinates {coords.shape}")
+            names = sorted(k for k in group if isinstance(group[k], h5py.Dataset))
+            config_type = name.split("/")[0]
+            for m in range(count):
+                if limit is not None and len(structures) >= limit:
+                    return structures, keys
+                structures.append(Structure(
+                    positions=coords[m],
+                    numbers=numbers,
+                    energy=None if energies is None else float(energies[m]) * Hartree,
+                    forces=None if forces is None else forces[m].astype(np.float64) * (Hartree / Bohr),
+                    config_type=config_type,
+                    source=f"{path}",
+                    index=len(structures),
+                ))
+                keys.append(names)
+    return structures, keys
+
+
+def _deepmd_systems(path: Path) -> list[Path]:
+    if (path / "type.raw").is_file():
+        return [path]
+    systems = sorted(p.parent for p in path.rglob("type.raw"))
+    if not systems:
+        raise DataError(f"{path}: no DeePMD system (a folder with type.raw) found")
+    return systems
+
+
+def _load_npy(path: Path, rows: int, cols: int, context: str):
+    if not path.is_file():
+        return None
+    arr = np.load(path).astype(np.float64)
+    if arr.size != rows * cols:
+        raise DataError(f"{context}: {path.name} has shape {arr.shape}, expected ({rows}, {cols}) for {rows} frames")
+    return arr.reshape(rows, cols)
+
+
+def read_deepmd(path, limit=None):
+    """DeePMD npy systems under `path` (one system folder, or a folder of systems)."""
+    root = Path(path)
+    structures, keys = [], []
+    for system in _deepmd_systems(root):
+        types = np.loadtxt(system / "type.raw", dtype=np.int64, ndmin=1)
+        type_map_file = system / "type_map.raw"
+        if not type_map_file.is_file():
+            raise DataError(f"{system}: type_map.raw missing (needed to know the elements)")
+        type_map = type_map_file.read_text().split()
+        if types.max() >= len(type_map):
+            raise DataError(f"{system}: type.raw uses type {types.max()} but type_map.raw has {len(type_map)} entries")
+        numbers = _species_to_numbers([type_map[t] for t in types], f"{system}: type_map.raw")
+        n = len(numbers)
+        periodic = not (system / "nopbc").exists()
+        for set_dir in sorted(system.glob("set.*")):
+            ctx = f"{set_dir}"
+            coord_file = set_dir / "coord.npy"
+            if not coord_file.is_file():
+                raise DataError(f"{ctx}: coord.npy missing")
+            coord = np.load(coord_file).astype(np.float64)
+            frames = coord.size // (3 * n) if n else 0
+            coord = _load_npy(coord_file, frames, 3 * n, ctx)
+            box = _load_npy(set_dir / "box.npy", frames, 9, ctx)
+            energy = _load_npy(set_dir / "energy.npy", frames, 1, ctx)
+            force = _load_npy(set_dir / "force.npy", frames, 3 * n, ctx)
+            virial = _load_npy(set_dir / "virial.npy", frames, 9, ctx)
+            if periodic and box is None:
+                raise DataError(f"{ctx}: box.npy missing for a periodic system (add a 'nopbc' file for molecules)")
+            present = [p.stem for p in sorted(set_dir.glob("*.npy"))]
+            for k in range(frames):
+                if limit is not None and len(structures) >= limit:
+                    return structures, keys
+                cell = box[k].reshape(3, 3) if (box is not None and periodic) else np.zeros((3, 3))
+                stress = None
+                if virial is not None:
+                    volume = abs(np.linalg.det(cell))
+                    if not volume > 0:
+                        raise DataError(f"{where(str(root), len(structures), 'virial')}: virial given but the cell has zero volume")
+                    stress = -virial[k].reshape(3, 3) / volume
+                structures.append(Structure(
+                    positions=coord[k].reshape(n, 3),
+                    numbers=numbers,
+                    cell=cell,
+                    pbc=np.full(3, periodic),
+                    energy=None if energy is None else float(energy[k, 0]),
+                    forces=None if force is None else force[k].reshape(n, 3),
+                    stress=stress,
+                    config_type=system.name,
+                    source=str(root),
+                    index=len(structures),
+                ))
+                keys.append(present)
+    return structures, keys
+
+
+def is_mlearn_json(path) -> bool:
+    """True for a JSON list of {structure, outputs} records (mlearn / Zuo 2020 layout)."""
+    if Path(path).suffix.lower() != ".json" or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(4096).decode("utf-8", errors="replace").lstrip()
+    return head.startswith("[") and '"structure"' in head
+
+
+def read_mlearn_json(path, limit=None):
+    """mlearn JSON (pymatgen structures + outputs.energy/forces/virial_stress in kBar)."""
+    try:
+        with open(path) as fh:
+            records = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: could not read JSON ({exc})") from exc
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    structures, keys = [], []
+    for i, rec in enumerate(records[:limit]):
+        try:
+            lattice = np.array(rec["structure"]["lattice"]["matrix"], dtype=np.float64)
+            sites = rec["structure"]["sites"]
+            outputs = rec.get("outputs", {})
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{where(str(path), i, 'structure')}: malformed record ({exc!r})") from exc
+        positions = np.array([s["xyz"] for s in sites], dtype=np.float64).reshape(-1, 3)
+        species = []
+        for s in sites:
+            if len(s["species"]) != 1:
+                raise DataError(f"{where(str(path), i, 'species')}: partial occupancy is not supported")
+            species.append(s["species"][0]["element"])
+        stress = None
+        if outputs.get("virial_stress") is not None:
+            xx, yy, zz, xy, yz, zx = np.asarray(outputs["virial_stress"], dtype=np.float64)
+            vasp = np.array([[xx, xy, zx], [xy, yy, yz], [zx, yz, zz]])
+            stress = -vasp * 0.1 * GPa
+        structures.append(Structure(
+            positions=positions,
+            numbers=_species_to_numbers(species, where(str(path), i, "species")),
+            cell=lattice,
+            pbc=np.ones(3, dtype=bool),
+            energy=outputs.get("energy"),
+            forces=None if outputs.get("forces") is None else np.asarray(outputs["forces"], dtype=np.float64),
+            stress=stress,
+            config_type=str(rec.get("group") or "Default"),
+            source=str(path),
+            index=i,
+        ))
+        keys.append(sorted(outputs))
+    return structures, keys
