@@ -209,8 +209,10 @@ class Potential(nn.Module):
         self.shift.fill_(self.config.shift)
 
     # ----------------------------------------------------------------- forward
-    def species_index(self, numbers: torch.Tensor, structure_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Atomic numbers [N] -> species indices [N]; ValueError naming unknown elements (and their structures)."""
+    def species_index(self, numbers: torch.Tensor, structure: torch.Tensor | None = None,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Atomic numbers [N] -> species indices [N]; ValueError naming unknown elements and, given the
+        structure of each atom ``structure`` [N] and dataset rows ``rows`` [B] (Batch.index), where they are."""
         from ase.data import chemical_symbols
 
         valid = (numbers >= 0) & (numbers <= MAX_Z)
@@ -220,9 +222,10 @@ class Potential(nn.Module):
             zs = sorted(set(numbers[bad].tolist()))
             names = ", ".join(f"{chemical_symbols[z] if 0 < z <= MAX_Z else '?'} (Z={z})" for z in zs)
             where = ""
-            if structure_index is not None:
-                rows = sorted(set(structure_index[bad].tolist()))
-                where = f" in structure(s) {rows[:10]}{' ...' if len(rows) > 10 else ''}"
+            if structure is not None:
+                at = structure[bad]
+                found = sorted(set((rows[at] if rows is not None else at).tolist()))
+                where = f" in structure(s) {found[:10]}{' ...' if len(found) > 10 else ''}"
             known = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in self.config.elements)
             raise ValueError(f"unknown element(s) {names}{where}: this model knows only {known}")
         return species
@@ -243,7 +246,7 @@ class Potential(nn.Module):
     def _forward(self, batch, forces: bool, stress: bool, training: bool) -> dict:
         dtype = self.dtype
         num_structures = int(batch.ptr.shape[0]) - 1
-        species = self.species_index(batch.numbers, getattr(batch, "index", None))  # [N]
+        species = self.species_index(batch.numbers, batch.batch, getattr(batch, "index", None))  # [N]
         structure = batch.batch  # [N]
         positions = batch.positions.to(dtype)  # [N, 3] Å
         if forces or stress:

@@ -1,0 +1,76 @@
+"""Fixtures for the potential tests: a model factory over small configs and the property checks.
+
+``make_model(**overrides)`` builds a float64 Potential with random weights and non-trivial E0s, scale and
+shift, seeded, so every check sees a model that is not accidentally symmetric. ``CONFIGS`` are the model
+shapes the symmetry tests sweep (hidden lmax 0..3, 1..3 interactions, correlation 1..3).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ELEMENTS = [1, 6, 8]  # H, C, O
+R_MAX = 3.0  # Å: small, so the tiny test structures have few edges
+
+BASE = dict(elements=ELEMENTS, channels=8, lmax=1, lmax_sh=2, correlation=2, num_interactions=2, r_max=R_MAX,
+            num_bessel=6, radial_hidden=[8, 8], readout_hidden=8, avg_num_neighbors=6.0,
+            atomic_energies=[-13.6, -1029.5, -2041.3], scale=0.7, shift=-1.25, dtype="float64",
+            backend="reference")
+
+CONFIGS = {
+    "l1-2layers": {},
+    "l0-3layers": dict(lmax=0, lmax_sh=1, num_interactions=3, correlation=3),
+    "l2-1layer": dict(lmax=2, lmax_sh=2, num_interactions=1, correlation=3),
+    "l3-2layers": dict(lmax=3, lmax_sh=3, num_interactions=2, correlation=1, channels=4),
+}
+
+
+def load_properties():
+    """tests/potential/properties.py as a module (importlib mode gives tests no package path)."""
+    name = "tumbler_potential_properties"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("properties.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def build_model(seed: int = 0, **overrides):
+    from potential import ModelConfig, Potential
+
+    torch.manual_seed(seed)
+    return Potential(ModelConfig.from_dict({**BASE, **overrides}))
+
+
+@pytest.fixture(scope="session")
+def props():
+    return load_properties()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def make_model():
+    return build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The default small model (l1-2layers), shared within a test module; tests must not train it."""
+    return build_model()
+
+
+@pytest.fixture(params=list(CONFIGS), scope="module")
+def config_model(request):
+    """One model per entry of CONFIGS (parametrised), for the sweeps over model shapes."""
+    return build_model(**CONFIGS[request.param])
