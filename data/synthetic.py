@@ -37,6 +37,7 @@ from .structure import Structure
 
 def _label(atoms: Atoms, config_type: str, index: int, with_stress: bool) -> Structure:
     atoms = atoms.copy()
+    atoms.set_constraint()  # labels are raw EMT forces, never constraint-projected
     atoms.calc = EMT()
     energy = atoms.get_potential_energy()
     forces = atoms.get_forces()

@@ -1,0 +1,82 @@
+"""Batch collation: offsets, receiver sorting, edge vectors, masks, dtype/device moves. Budget: < 3 s."""
+
+import numpy as np
+import torch
+from ase.build import bulk, molecule
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from data import Batch, collate
+
+
+def test_collate_offsets_and_sorting(make_structures):
+    structures = make_structures(7, seed=3)
+    cutoff = 4.0
+    b = collate(structures, cutoff)
+    counts = [len(s) for s in structures]
+    assert b.num_structures == 7 and b.num_atoms == sum(counts)
+    np.testing.assert_array_equal(b.ptr.numpy(), np.cumsum([0] + counts))
+    np.testing.assert_array_equal(b.batch.numpy(), np.repeat(np.arange(7), counts))
+    assert torch.all(b.receivers[1:] >= b.receivers[:-1])
+    # edges never cross structures
+    assert torch.equal(b.batch[b.senders], b.batch[b.receivers])
+    # edge vectors follow the contract formula and lie within the cutoff
+    cell_of_edge = b.cell[b.batch[b.receivers]]
+    vec = b.positions[b.senders] - b.positions[b.receivers] + torch.einsum("ek,ekl->el", b.cell_shifts, cell_of_edge)
+    assert torch.all(vec.norm(dim=1) < cutoff)
+    # per structure, the same pairs and distances as ASE
+    for k, s in enumerate(structures):
+        atoms = s.to_atoms()
+        i, j, d = ase_neighbor_list("ijd", atoms, cutoff)
+        sel = b.batch[b.receivers] == k
+        got = sorted(zip((b.receivers[sel] - b.ptr[k]).tolist(), (b.senders[sel] - b.ptr[k]).tolist(),
+                         np.round(vec[sel].norm(dim=1).numpy(), 9).tolist()))
+        assert got == sorted(zip(i.tolist(), j.tolist(), np.round(d, 9).tolist()))
+
+
+def test_labels_and_masks(make_structures):
+    structures = make_structures(5)
+    b = collate(structures, 3.0)
+    for k, s in enumerate(structures):
+        lo, hi = b.ptr[k], b.ptr[k + 1]
+        assert bool(b.has_energy[k]) == (s.energy is not None)
+        assert bool(b.has_forces[k]) == (s.forces is not None)
+        assert bool(b.has_stress[k]) == (s.stress is not None)
+        if s.energy is None:
+            assert torch.isnan(b.energy[k])
+        else:
+            assert b.energy[k].item() == s.energy
+        expected_forces = s.forces if s.forces is not None else np.zeros((len(s), 3))
+        np.testing.assert_array_equal(b.forces[lo:hi].numpy(), expected_forces)
+        np.testing.assert_array_equal(b.stress[k].numpy(), s.stress if s.stress is not None else np.zeros((3, 3)))
+        if not s.pbc.any():
+            assert torch.all(b.cell[k] == 0)
+    assert b.energy.dtype == torch.float64 and b.weight.dtype == torch.float64
+    np.testing.assert_array_equal(b.weight.numpy(), [s.weight for s in structures])
+
+
+def test_to_dtype_keeps_energy_and_indices(make_structures):
+    b = collate(make_structures(4), 3.0).to(dtype=torch.float32)
+    for name in ("positions", "cell", "cell_shifts", "forces", "stress"):
+        assert getattr(b, name).dtype == torch.float32, name
+    assert b.energy.dtype == torch.float64 and b.weight.dtype == torch.float64
+    for name in ("numbers", "batch", "ptr", "senders", "receivers", "index"):
+        assert getattr(b, name).dtype == torch.int64, name
+    assert b.pbc.dtype == torch.bool and b.has_forces.dtype == torch.bool
+    assert b.to(device="cpu").positions.device.type == "cpu"
+
+
+def test_from_atoms_ignores_attached_results():
+    cu = bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))
+    water = molecule("H2O")
+    b = Batch.from_atoms([cu, water], cutoff=3.0, dtype=torch.float32)
+    assert b.num_structures == 2 and b.num_atoms == 5
+    assert b.positions.dtype == torch.float32
+    assert not b.has_energy.any() and not b.has_forces.any()
+    assert torch.equal(b.index, torch.tensor([0, 1]))
+    np.testing.assert_array_equal(b.numbers.numpy(), [29, 29, 8, 1, 1])
+    assert b.num_edges == len(ase_neighbor_list("i", cu, 3.0)) + len(ase_neighbor_list("i", water, 3.0))
+
+
+def test_empty_collate():
+    b = collate([], 5.0)
+    assert b.num_structures == 0 and b.num_atoms == 0 and b.num_edges == 0
