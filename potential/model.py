@@ -16,10 +16,10 @@ Forces are -dE/dpositions, stress = (1/V) dE/dstrain (ASE sign), both from one a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import torch
 from torch import nn
@@ -70,12 +70,13 @@ class ModelConfig:
 
         def as_int(key, low):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
                 raise bad(key, v, f"must be an integer >= {low}")
+            setattr(self, key, int(v))
 
         def as_float(key, positive):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or (positive and v <= 0):
                 raise bad(key, v, "must be a finite number" + (" > 0" if positive else ""))
             setattr(self, key, float(v))
 
@@ -83,7 +84,7 @@ class ModelConfig:
         if not isinstance(elements, (list, tuple)) or not elements:
             raise bad("elements", elements, "must be a non-empty list of atomic numbers")
         for z in elements:
-            if isinstance(z, bool) or not isinstance(z, int) or not 1 <= z <= MAX_Z:
+            if isinstance(z, bool) or not isinstance(z, Integral) or not 1 <= z <= MAX_Z:
                 raise bad("elements", elements, f"entry {z!r} is not an atomic number 1..{MAX_Z}")
         if len(set(elements)) != len(elements):
             raise bad("elements", elements, "has duplicates")
@@ -93,7 +94,7 @@ class ModelConfig:
         if len(energies) != len(elements):
             raise bad("atomic_energies", self.atomic_energies, f"needs one value per element ({len(elements)})")
         for e in energies:
-            if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
+            if isinstance(e, bool) or not isinstance(e, Real) or not math.isfinite(e):
                 raise bad("atomic_energies", self.atomic_energies, f"entry {e!r} is not a finite number")
         order = sorted(range(len(elements)), key=lambda k: elements[k])  # sort elements, energies follow
         self.elements = [int(elements[k]) for k in order]
@@ -104,10 +105,10 @@ class ModelConfig:
         for key, positive in (("r_max", True), ("avg_num_neighbors", True), ("scale", False), ("shift", False)):
             as_float(key, positive)
         hidden = self.radial_hidden
-        if not isinstance(hidden, (list, tuple)) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
-                                                        for h in hidden):
+        if not isinstance(hidden, (list, tuple)) or any(
+                isinstance(h, bool) or not isinstance(h, Integral) or h < 1 for h in hidden):
             raise bad("radial_hidden", hidden, "must be a list of positive integers")
-        self.radial_hidden = tuple(hidden)
+        self.radial_hidden = tuple(int(h) for h in hidden)
         if self.dtype not in DTYPES:
             raise bad("dtype", self.dtype, f"must be one of {sorted(DTYPES)}")
         if self.backend not in BACKENDS:
