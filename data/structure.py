@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import vesin
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import voigt_6_to_full_3x3_stress
@@ -178,19 +179,17 @@ class Structure:
     def _check_coincident(self, context: str) -> None:
         if len(self.numbers) < 2 and not self.pbc.any():
             return
-        from .neighbors import neighbor_list  # local: neighbors imports nothing from here
-
-        senders, receivers, shifts = neighbor_list(self.positions, self.cell, self.pbc, 0.5)
-        if len(senders) == 0:
-            return
-        vec = self.positions[senders] - self.positions[receivers] + shifts @ self.cell
-        dist = np.linalg.norm(vec, axis=1)
+        # A half list within 3 Å only to look for (near-)zero distances. vesin's cell
+        # list is fastest with bins of this size: tiny cutoffs allocate too many bins
+        # (0.5 Å: 6.8 ms for 192 waters' atoms, 3 Å: 0.14 ms).
+        nl = vesin.NeighborList(cutoff=3.0, full_list=False, n_threads=1)
+        i, j, shifts, dist = nl.compute(self.positions, self.cell, self.pbc, "ijSd")
         close = np.flatnonzero(dist < COINCIDENT_DISTANCE)
         if len(close):
             e = close[0]
             raise DataError(
-                f"{context}: atoms {receivers[e]} and {senders[e]} are at the same position "
-                f"(distance {dist[e]:.2e} Å, cell shift {shifts[e].astype(int).tolist()})"
+                f"{context}: atoms {i[e]} and {j[e]} are at the same position "
+                f"(distance {dist[e]:.2e} Å, cell shift {shifts[e].tolist()})"
             )
 
 

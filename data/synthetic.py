@@ -29,10 +29,13 @@ from ase.build import bulk, fcc100, fcc111
 from ase.calculators.emt import EMT
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md import velocitydistribution
 
 from .hdf5 import is_tumbler_file, write_dataset
 from .structure import Structure
+
+# ASE >= 3.29 renamed MaxwellBoltzmannDistribution (same arguments); support both.
+_thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
 
 
 def _label(atoms: Atoms, config_type: str, index: int, with_stress: bool) -> Structure:
@@ -85,7 +88,7 @@ def _md_snapshots(rng, count: int, index0: int) -> list[Structure]:
         atoms.set_constraint(FixCom())
         temperature = float(rng.uniform(300.0, 1200.0))
         seed = int(rng.integers(2**31))
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+        _thermalize(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
         dyn = Langevin(atoms, timestep=2.0 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False,
                        rng=np.random.default_rng(seed + 1))
         for _ in range(min(4, count - len(out))):
