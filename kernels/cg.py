@@ -139,8 +139,9 @@ def block_wigner_D(lmax: int, rotation: torch.Tensor) -> torch.Tensor:
 class ConvSpec:
     """Irreps of the channelwise conv: node l <= lmax_in, harmonics l <= lmax_sh, output l <= lmax_out.
 
-    `paths`: the O(3)-allowed (l_in, l_sh, l_out), in lexicographic order of (l_in, l_sh, l_out); the path
-    index p of `edge_weights[e, p, c]` is the position in this list."""
+    `paths`: the O(3)-allowed (l_in, l_sh, l_out), sorted by (l_out, l_in, l_sh), so the paths of one
+    output l (and within it, of one input l) are contiguous; the path index p of `edge_weights[e, p, c]`
+    is the position in this list."""
 
     lmax_in: int
     lmax_sh: int
@@ -177,9 +178,9 @@ class ConvSpec:
 def _conv_paths(lmax_in: int, lmax_sh: int, lmax_out: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(
         (l1, l2, l3)
+        for l3 in range(lmax_out + 1)
         for l1 in range(lmax_in + 1)
         for l2 in range(lmax_sh + 1)
-        for l3 in range(lmax_out + 1)
         if o3_allowed(l1, l2, l3)
     )
 

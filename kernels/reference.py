@@ -14,7 +14,7 @@ import torch
 
 from .cg import ConvSpec, conv_coupling, num_components, wigner_3j
 from .checks import check_edge_conv, check_spherical_harmonics, check_symmetric_contraction
-from .coupling import ContractionSpec, folded_coupling, sorted_index_tuples
+from .coupling import ContractionSpec, folded_coupling
 from .graph import Graph
 
 # ----------------------------------------------------------------------------------------------------
@@ -83,34 +83,43 @@ def spherical_harmonics(vectors: torch.Tensor, lmax: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
+# helpers: on CPU, index_select on a 2-D view is many times faster than on a 3-D tensor
+
+
+def _take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t[index] for t [N, ...] and index [E] int64 -> [E, ...] (through a 2-D view)."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).index_select(0, index).view(index.shape[0], *t.shape[1:])
+
+
+def _sum_rows(src: torch.Tensor, index: torch.Tensor, num: int) -> torch.Tensor:
+    """out[i] = sum_{e: index[e] = i} src[e] for src [E, ...] -> [num, ...] (index_add, 2-D view)."""
+    flat = src.reshape(src.shape[0], math.prod(src.shape[1:]))
+    return flat.new_zeros(num, flat.shape[1]).index_add(0, index, flat).view(num, *src.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------------
 # edge conv
 
 
 @functools.lru_cache(maxsize=64)
 def _conv_plan(spec: ConvSpec, dtype: torch.dtype, device: torch.device):
-    """Per output l3: (2l3+1, in_idx [R], path_idx [R], G [K_sh, R*(2l3+1)]) with rows r = (path p, a),
-    a over the 2l1+1 components of the path's input: G[j, r, d] = CG_p[a, j - l2*l2, d]; or
-    (2l3+1, None, None, None) when no path ends in l3."""
-    plan = []
-    for l3 in range(spec.lmax_out + 1):
-        d = 2 * l3 + 1
-        in_idx, path_idx, cols = [], [], []
-        for p, ((l1, l2, lo), cg) in enumerate(zip(spec.paths, conv_coupling(spec))):
-            if lo != l3:
-                continue
-            for a in range(2 * l1 + 1):
-                in_idx.append(l1 * l1 + a)
-                path_idx.append(p)
-                col = np.zeros((spec.dim_sh, d))
-                col[l2 * l2:(l2 + 1) ** 2] = cg[a]  # [2l2+1, d]
-                cols.append(col)
-        if not in_idx:
-            plan.append((d, None, None, None))
-            continue
-        g = np.stack(cols, axis=1).reshape(spec.dim_sh, len(cols) * d)
-        as_index = functools.partial(torch.tensor, dtype=torch.int64, device=device)
-        plan.append((d, as_index(in_idx), as_index(path_idx), torch.tensor(g, dtype=dtype, device=device)))
-    return tuple(plan)
+    """(split sizes of the path axis, groups): paths are sorted by (l3, l1, l2) (cg.ConvSpec), so the paths
+    of one (l3, l1) are a contiguous run of the path axis. groups: one (l3, l1, G) per run, in path order,
+    with G [K_sh, n*(2l1+1)*(2l3+1)] for the n paths of the run, rows (path, a):
+    G[j, (q, a), d] = CG_q[a, j - l2_q**2, d] (zero outside the l2_q block)."""
+    runs: dict[tuple[int, int], list[int]] = {}
+    for p, (l1, _, l3) in enumerate(spec.paths):
+        runs.setdefault((l3, l1), []).append(p)
+    couplings = conv_coupling(spec)
+    groups, sizes = [], []
+    for (l3, l1), ps in runs.items():
+        g = np.zeros((spec.dim_sh, len(ps), 2 * l1 + 1, 2 * l3 + 1))
+        for q, p in enumerate(ps):
+            l2 = spec.paths[p][1]
+            g[l2 * l2:(l2 + 1) ** 2, q] = couplings[p].transpose(1, 0, 2)  # [2l2+1, 2l1+1, 2l3+1]
+        groups.append((l3, l1, torch.tensor(g.reshape(spec.dim_sh, -1), dtype=dtype, device=device)))
+        sizes.append(len(ps))
+    return tuple(sizes), tuple(groups)
 
 
 def edge_conv(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch.Tensor,
@@ -119,19 +128,23 @@ def edge_conv(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: tor
         out[i, (l3,m3), c] = sum_{e: receivers[e] = i} sum_{p = (l1,l2,l3)} edge_weights[e, p, c]
                              * sum_{m1,m2} CG_p[m1, m2, m3] node_feats[senders[e], (l1,m1), c] edge_sh[e, (l2,m2)]
     node_feats [N, K_in, C], edge_sh [E, K_sh], edge_weights [E, P, C]; CG_p = cg.conv_coupling(spec)[p].
-    The sum over edges is an index_add over receivers (deterministic on CPU)."""
+    Per (l3, l1) run of paths: one batched matmul over edges; then an index_add over receivers
+    (deterministic on CPU). Largest intermediates: [E, n_paths(l3,l1)*(2l1+1), C]."""
     n, e, c = check_edge_conv(node_feats, edge_sh, edge_weights, graph, spec)
-    blocks = []
-    for d, in_idx, path_idx, g in _conv_plan(spec, node_feats.dtype, node_feats.device):
-        if in_idx is None:
-            blocks.append(node_feats.new_zeros(e, d, c))
-            continue
-        x = node_feats.index_select(1, in_idx).index_select(0, graph.senders)  # [E, R, C]
-        xw = x * edge_weights.index_select(1, path_idx)  # [E, R, C]
-        y = (edge_sh @ g).view(e, in_idx.shape[0], d)  # [E, R, d]: sum_j sh[e, j] G[j, r, d]
-        blocks.append(torch.bmm(y.transpose(1, 2), xw))  # [E, d, C]
-    messages = torch.cat(blocks, dim=1)  # [E, K_out, C]
-    return node_feats.new_zeros(n, spec.dim_out, c).index_add(0, graph.receivers, messages)
+    sizes, groups = _conv_plan(spec, node_feats.dtype, node_feats.device)
+    w_runs = edge_weights.split(sizes, dim=1) if sizes else ()  # each [E, n, C]
+    x_send = {l1: _take_rows(node_feats[:, l1 * l1:(l1 + 1) ** 2], graph.senders)  # [E, 2l1+1, C]
+              for l1 in {l1 for _, l1, _ in groups}}
+    acc: dict[int, torch.Tensor] = {}
+    for (l3, l1, g), w in zip(groups, w_runs):
+        rows = w.shape[1] * (2 * l1 + 1)
+        xw = (x_send[l1][:, None] * w[:, :, None]).view(e, rows, c)  # [E, n*(2l1+1), C]
+        y = (edge_sh @ g).view(e, rows, 2 * l3 + 1).transpose(1, 2)  # [E, 2l3+1, n*(2l1+1)]
+        acc[l3] = torch.baddbmm(acc[l3], y, xw) if l3 in acc else torch.bmm(y, xw)  # [E, 2l3+1, C]
+    # sum each l3 block over receivers (N-sized results, so the concatenation is cheap)
+    blocks = [_sum_rows(acc[l3], graph.receivers, n) if l3 in acc else node_feats.new_zeros(n, 2 * l3 + 1, c)
+              for l3 in range(spec.lmax_out + 1)]
+    return torch.cat(blocks, dim=1)  # [N, K_out, C]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,49 +153,59 @@ def edge_conv(node_feats: torch.Tensor, edge_sh: torch.Tensor, edge_weights: tor
 
 @functools.lru_cache(maxsize=64)
 def _contraction_plan(spec: ContractionSpec, dtype: torch.dtype, device: torch.device):
-    """(tuples, blocks): tuples[t-1] [Q_t, t] int64 sorted index tuples of order t = 1..correlation-1;
-    blocks: per l_out a list over nu of (weight_offset, P, F [M*K*Q_{nu-1}, P] or None, Q_{nu-1}) with
-    F = folded_coupling(spec, l_out, nu) (rows (m, k, q))."""
+    """Per l_out a list over nu of (weight_offset, P, F [M*K*Q_{nu-1}, P] or None, Q_{nu-1}) with
+    F = folded_coupling(spec, l_out, nu) (rows (m, k, q)), Q_t = number of sorted t-tuples."""
     k = spec.dim_in
-    tuples = tuple(torch.tensor(sorted_index_tuples(k, t)[0], device=device) for t in range(1, spec.correlation))
     blocks = []
     for l_out in range(spec.lmax_out + 1):
         row = []
         for lo, nu, offset, count in spec.blocks:
             if lo != l_out:
                 continue
-            q = math.comb(k + nu - 2, nu - 1)  # number of sorted (nu-1)-tuples
             f = None
             if count:
                 f = torch.tensor(folded_coupling(spec, l_out, nu).reshape(-1, count), dtype=dtype, device=device)
-            row.append((offset, count, f, q))
+            row.append((offset, count, f, math.comb(k + nu - 2, nu - 1)))
         blocks.append(row)
-    return tuples, tuple(blocks)
+    return tuple(blocks)
 
 
-def _monomials(x: torch.Tensor, tuples) -> torch.Tensor:
-    """Z [N, Q_tot, C]: 1, x[i], x[i]x[j] (i<=j), ... up to order correlation-1, for x [N, K, C]."""
-    parts = [x.new_ones(x.shape[0], 1, x.shape[2]), x]
-    for tup in tuples[1:]:
-        z = x.index_select(1, tup[:, 0])
-        for s in range(1, tup.shape[1]):
-            z = z * x.index_select(1, tup[:, s])
-        parts.append(z)  # [N, Q_t, C]
-    return torch.cat(parts[: len(tuples) + 1], dim=1)
+def _monomials(xt: torch.Tensor, max_order: int) -> list[torch.Tensor]:
+    """[Z_1, ..., Z_max_order], Z_t [C, Q_t, n] = prod of x over each sorted t-tuple (sorted_index_tuples
+    order), for xt [C, K, n]. The t-tuples starting with i are x_i times the (t-1)-tuples whose first index
+    is >= i, a contiguous suffix of Z_{t-1}."""
+    k = xt.shape[1]
+    out, starts = [], list(range(k))  # starts[i]: first (t-1)-tuple of Z_{t-1} that begins with i
+    for order in range(1, max_order + 1):
+        if order == 1:
+            out.append(xt)
+            continue
+        prev, chunks, new_starts, pos = out[-1], [], [], 0
+        for i in range(k):
+            chunks.append(xt[:, i:i + 1] * prev[:, starts[i]:])  # [C, Q_{t-1} - starts[i], n]
+            new_starts.append(pos)
+            pos += chunks[-1].shape[1]
+        out.append(torch.cat(chunks, dim=1))
+        starts = new_starts
+    return out
 
 
-def _coupled_weights(w: torch.Tensor, blocks, k: int) -> torch.Tensor:
-    """Uw [M_tot*K, Q_tot, C] = folded couplings contracted with one species' weights w [num_weights, C]."""
+def _coupled_weights(w: torch.Tensor, blocks, k: int, correlation: int) -> list:
+    """Per nu = 1..correlation: Uw_nu [C, M_tot*K, Q_{nu-1}], the folded couplings contracted with one
+    species' weights w [W, C] (rows (l_out, m, k)), or None when no l_out has a path of that nu."""
     c = w.shape[-1]
-    rows = []
-    for l_out, row in enumerate(blocks):
-        mk = (2 * l_out + 1) * k
-        parts = [
-            (f @ w[offset:offset + count]).view(mk, q, c) if f is not None else w.new_zeros(mk, q, c)
-            for offset, count, f, q in row
-        ]  # each [M*K, Q_{nu-1}, C]
-        rows.append(torch.cat(parts, dim=1))
-    return torch.cat(rows, dim=0)
+    out = []
+    for nu in range(1, correlation + 1):
+        parts, any_path = [], False
+        for l_out, row in enumerate(blocks):
+            offset, count, f, q = row[nu - 1]
+            if f is None:
+                parts.append(w.new_zeros(c, (2 * l_out + 1) * k, q))
+            else:
+                parts.append((w[offset:offset + count].T @ f.T).view(c, (2 * l_out + 1) * k, q))
+                any_path = True
+        out.append(torch.cat(parts, dim=1) if any_path else None)
+    return out
 
 
 def symmetric_contraction(node_feats: torch.Tensor, species: torch.Tensor, weights: torch.Tensor,
@@ -191,9 +214,10 @@ def symmetric_contraction(node_feats: torch.Tensor, species: torch.Tensor, weigh
         out[n, (l,m), c] = sum_{nu=1..correlation} sum_p weights[species[n], w(l,nu,p), c]
                            * sum_{i1..inu} U_{l,nu}[m, i1, ..., inu, p] prod_t node_feats[n, i_t, c]
     node_feats [N, K_in, C], species [N] int64 in [0, S), weights [S, spec.num_weights, C];
-    U = coupling.contraction_coupling (normalised, symmetric). Nodes are grouped by species; per group one
-    batched matmul over channels of the folded couplings [M*K, Q] with the monomials Z [Q, n] of order
-    < correlation, then the last input is contracted: the largest intermediate is N x M_tot x K x C."""
+    U = coupling.contraction_coupling (normalised, symmetric). Nodes are grouped by species; per group and
+    nu, a matmul batched over channels of the folded couplings [M_tot*K, Q_{nu-1}] with the monomials
+    Z_{nu-1} [Q_{nu-1}, n] of the first nu-1 inputs (sorted tuples: Q_2 = K(K+1)/2), summed over nu, then
+    the last input is contracted. Largest intermediates: N x Q_{correlation-1} x C and N x M_tot x K x C."""
     n, s, c = check_symmetric_contraction(node_feats, species, weights, spec)
     m_tot, k = spec.dim_out, spec.dim_in
     if n == 0:
@@ -203,24 +227,33 @@ def symmetric_contraction(node_feats: torch.Tensor, species: torch.Tensor, weigh
     if low < 0 or counts.shape[0] > s:
         raise ValueError(f"symmetric_contraction: species must lie in [0, {s}) (weights has {s} species), "
                          f"got min {low}, max {int(species.max())}")
-    tuples, blocks = _contraction_plan(spec, node_feats.dtype, node_feats.device)
-    order = torch.argsort(species, stable=True)
-    x = node_feats.index_select(0, order)  # [N, K, C] grouped by species
-    z = _monomials(x, tuples)  # [N, Q_tot, C]
-    outs, start = [], 0
-    for sp, cnt in enumerate(counts.tolist()):
-        if cnt == 0:
+    blocks = _contraction_plan(spec, node_feats.dtype, node_feats.device)
+    present = [(sp, cnt) for sp, cnt in enumerate(counts.tolist()) if cnt]
+    order = torch.argsort(species, stable=True) if len(present) > 1 else None
+    x = node_feats if order is None else _take_rows(node_feats, order)  # [N, K, C] grouped by species
+    xt = x.permute(2, 1, 0).contiguous()  # [C, K, N]
+    sizes = [cnt for _, cnt in present]
+    z_groups = [z.split(sizes, dim=2) for z in _monomials(xt, spec.correlation - 1)]  # Z_t per group
+    x_groups = xt.split(sizes, dim=2)
+    outs = []
+    for g, ((sp, cnt), xs) in enumerate(zip(present, x_groups)):
+        uw = _coupled_weights(weights[sp], blocks, k, spec.correlation)  # Uw_nu [C, M_tot*K, Q_{nu-1}]
+        r = uw[0]  # nu = 1 (the empty monomial is 1): [C, M_tot*K, 1]
+        for nu in range(2, spec.correlation + 1):
+            if uw[nu - 1] is not None:
+                zg = z_groups[nu - 2][g]  # [C, Q_{nu-1}, n]
+                r = torch.bmm(uw[nu - 1], zg) if r is None else torch.baddbmm(r, uw[nu - 1], zg)
+        if r is None:
+            outs.append(xs.new_zeros(c, m_tot, cnt))
             continue
-        uw = _coupled_weights(weights[sp], blocks, k)  # [M_tot*K, Q_tot, C]
-        zs = z[start:start + cnt].permute(2, 1, 0)  # [C, Q_tot, n]
-        r = torch.bmm(uw.permute(2, 0, 1), zs)  # [C, M_tot*K, n]
-        xs = x[start:start + cnt].permute(2, 1, 0)  # [C, K, n]
-        outs.append((r.view(c, m_tot, k, cnt) * xs[:, None]).sum(2).permute(2, 1, 0))  # [n, M_tot, C]
-        start += cnt
-    out = torch.cat(outs, dim=0)  # [N, M_tot, C] in species order
+        r = r.expand(c, m_tot * k, cnt).reshape(c, m_tot, k, cnt)  # [C, M_tot, K, n]
+        outs.append((r * xs[:, None]).sum(2))  # contract the last input: [C, M_tot, n]
+    out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).permute(2, 1, 0)  # [N, M_tot, C]
+    if order is None:
+        return out.contiguous()
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n, device=order.device)
-    return out.index_select(0, inverse)
+    return _take_rows(out, inverse)
 
 
 __all__ = ["spherical_harmonics", "edge_conv", "symmetric_contraction", "num_components"]

@@ -62,7 +62,7 @@ def test_wigner_D_matches_e3nn_and_harmonics(improper):
 
 
 def test_conv_paths_and_counts():
-    assert ConvSpec(1, 3, 1).paths == [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0), (1, 2, 1)]
+    assert ConvSpec(1, 3, 1).paths == [(0, 0, 0), (1, 1, 0), (0, 1, 1), (1, 0, 1), (1, 2, 1)]
     assert ConvSpec(0, 3, 3).paths == [(0, 0, 0), (0, 1, 1), (0, 2, 2), (0, 3, 3)]
     assert ConvSpec(3, 3, 3).num_paths == 23
     assert ConvSpec(2, 2, 0).num_paths == 3
