@@ -61,46 +61,52 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _triton_op(op: str) -> Callable:
-    fn = getattr(_load_triton(), op)
+def _pick_triton(op: str, first: torch.Tensor) -> Callable:
+    """The Triton op for an explicit "triton" backend; CPU tensors need TRITON_INTERPRET=1."""
+    if not first.is_cuda and not _interpret():
+        raise RuntimeError(
+            f"kernels backend 'triton': {op} needs CUDA tensors, got {first.device}; set TRITON_INTERPRET=1 "
+            "to run Triton's interpreter on CPU, or use backend 'auto' or 'reference'"
+        )
+    return getattr(_load_triton(), op)
 
-    def call(first: torch.Tensor, *args, **kwargs):
-        if not first.is_cuda and not _interpret():
-            raise RuntimeError(
-                f"kernels backend 'triton': {op} needs CUDA tensors, got {first.device}; set TRITON_INTERPRET=1 "
-                "to run Triton's interpreter on CPU, or use backend 'auto' or 'reference'"
+
+def _pick_auto(op: str, first: torch.Tensor) -> Callable:
+    """Triton on CUDA tensors when it imports, else the reference (warning once when CUDA falls back)."""
+    if first.is_cuda:
+        module = _load_triton()
+        if module is not None:
+            return getattr(module, op)
+        if "fallback" not in _warned:
+            _warned.add("fallback")
+            warnings.warn(
+                "kernels backend 'auto': Triton kernels unavailable "
+                f"({_triton_state.get('error')}); using the PyTorch reference ops on CUDA tensors",
+                RuntimeWarning,
+                stacklevel=3,
             )
-        return fn(first, *args, **kwargs)
-
-    call.__name__ = call.__qualname__ = op
-    call.__doc__ = getattr(reference, op).__doc__
-    return call
+    return getattr(reference, op)
 
 
-def _auto_op(op: str) -> Callable:
-    ref = getattr(reference, op)
+def _make_ops(name: str, pick: Callable) -> Ops:
+    """Ops whose functions keep the reference signatures (keywords work) and dispatch through `pick`."""
 
-    def call(first: torch.Tensor, *args, **kwargs):
-        if first.is_cuda:
-            module = _load_triton()
-            if module is not None:
-                return getattr(module, op)(first, *args, **kwargs)
-            if "fallback" not in _warned:
-                _warned.add("fallback")
-                warnings.warn(
-                    "kernels backend 'auto': Triton kernels unavailable "
-                    f"({_triton_state.get('error')}); using the PyTorch reference ops on CUDA tensors",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-        return ref(first, *args, **kwargs)
+    def spherical_harmonics(vectors, lmax):
+        return pick("spherical_harmonics", vectors)(vectors, lmax)
 
-    call.__name__ = call.__qualname__ = op
-    call.__doc__ = ref.__doc__
-    return call
+    def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
+        return pick("edge_conv", node_feats)(node_feats, edge_sh, edge_weights, graph, spec)
+
+    def symmetric_contraction(node_feats, species, weights, spec):
+        return pick("symmetric_contraction", node_feats)(node_feats, species, weights, spec)
+
+    fns = (spherical_harmonics, edge_conv, symmetric_contraction)
+    for fn in fns:
+        fn.__doc__ = f"[backend {name!r}] " + (getattr(reference, fn.__name__).__doc__ or "")
+    return Ops(name, *fns)
 
 
-AUTO = Ops("auto", *(_auto_op(op) for op in OP_NAMES))
+AUTO = _make_ops("auto", _pick_auto)
 
 
 def get_ops(name: str = "auto") -> Ops:
@@ -113,5 +119,5 @@ def get_ops(name: str = "auto") -> Ops:
     if name == "triton":
         if _load_triton() is None:
             raise RuntimeError(f"kernels backend 'triton' is unavailable: {_triton_state['error']}")
-        return Ops("triton", *(_triton_op(op) for op in OP_NAMES))
+        return _make_ops("triton", _pick_triton)
     raise ValueError(f"kernels backend {name!r} unknown; choose one of {', '.join(BACKENDS)}")

@@ -79,6 +79,7 @@ def test_auto_on_cpu_is_the_reference():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning on CPU tensors
         assert torch.equal(kernels.spherical_harmonics(v, 3), get_ops("reference").spherical_harmonics(v, 3))
+        assert torch.equal(kernels.spherical_harmonics(vectors=v, lmax=2), get_ops("reference").spherical_harmonics(v, 2))
 
 
 def test_triton_backend_is_explicit(monkeypatch):
