@@ -105,6 +105,20 @@ def test_canonical_order_and_torch_cpu():
     assert edge_set(ts.numpy(), tr.numpy(), tS.numpy()) == edge_set(s, r, S)
 
 
+def test_device_sort_matches_lexsort():
+    from data.neighbors import _canonical_order_torch
+
+    rng = np.random.default_rng(9)
+    n, e = 50, 2000
+    r, s = rng.integers(0, n, e), rng.integers(0, n, e)
+    S = rng.integers(-3, 4, (e, 3))
+    expected = np.lexsort((S[:, 2], S[:, 1], S[:, 0], s, r))
+    keys = np.c_[r, s, S]
+    for big in (False, True):
+        order = _canonical_order_torch(torch.tensor(s), torch.tensor(r), torch.tensor(S), 2**30 if big else n).numpy()
+        np.testing.assert_array_equal(keys[order], keys[expected])  # packed key (small n) and stable-sort fallback
+
+
 def test_verlet_list_superset_and_rebuilds():
     rng = np.random.default_rng(11)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
