@@ -1,0 +1,163 @@
+"""Autograd wiring that closes each Triton op family under differentiation.
+
+Edge conv. The conv is the derivative of the 4-linear form
+    F(h, Y, R, g) = sum_{e,c,entries} w * g[recv_e,k3,c] R[e,p,c] h[send_e,k1,c] Y[e,k2],
+out = dF/dg. `ConvForm(outs, h, Y, R, g)` returns dF/ds for every slot s in `outs`, evaluated at
+the other slots. Its pullback is again a sum of such derivatives: for an upstream gradient G_s
+of output s, <G_s, dF/ds> = F(slots with s := G_s), so the gradient with respect to slot t is
+dF/dt evaluated with s := G_s. Backward therefore calls ConvForm itself, which makes every
+derivative order (backward, double backward for force training, and beyond) run on the same
+three fused kernels (receiver-segment sum, sender-segment sum through send_perm, per-edge).
+
+Symmetric contraction. Same idea for a polynomial: `PolyForm` evaluates a sparse polynomial
+term list (poly.py); its derivative with respect to any input is another term list obtained by
+symbolic differentiation, evaluated by a generated kernel, so all orders are closed too.
+
+Spherical harmonics. Forward and first derivative are fused kernels (sh.py); the second
+derivative (the pullback of the first-derivative kernel) is taken by torch autograd over
+`sh_torch`, the same polynomial tables in torch ops: SH cost O(E) and are never the bottleneck.
+"""
+from __future__ import annotations
+
+import torch
+
+from .triton import contraction as _sc
+from .triton import conv as _conv
+from .triton import sh as _sh
+
+SLOTS = ("h", "Y", "R", "g")
+
+
+def _run_form(outs, graph, tab, T):
+    """Evaluate dF/ds for s in outs with slots T (dict); returns dict slot -> tensor."""
+    res = {}
+    if "g" in outs:
+        res["g"] = _conv.conv_recv(T["h"], T["Y"], T["R"], graph, tab)
+    if "h" in outs:
+        res["h"] = _conv.conv_send(T["g"], T["Y"], T["R"], graph, tab)
+    if "Y" in outs or "R" in outs:
+        dY, dR = _conv.conv_edge(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
+        if "Y" in outs:
+            res["Y"] = dY
+        if "R" in outs:
+            res["R"] = dR
+    return res
+
+
+class ConvForm(torch.autograd.Function):
+    """outs: tuple of slot names; h [N,K_in,C], Y [E,K_sh], R [E,P,C], g [N,K_out,C] (None if unused)."""
+
+    @staticmethod
+    def forward(ctx, outs, graph, tab, h, Y, R, g):
+        T = dict(zip(SLOTS, (h, Y, R, g)))
+        res = _run_form(outs, graph, tab, T)
+        ctx.outs, ctx.graph, ctx.tab = outs, graph, tab
+        ctx.save_for_backward(h, Y, R, g)
+        return tuple(res[s] for s in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        T = dict(zip(SLOTS, ctx.saved_tensors))
+        need = {s for s, n in zip(SLOTS, ctx.needs_input_grad[3:]) if n}
+        acc = {}
+        for s, G in zip(ctx.outs, grads):
+            if G is None:
+                continue
+            # dF/ds reads every given slot but s itself (F is linear in each slot)
+            targets = tuple(t for t in SLOTS if t != s and t in need and T[t] is not None)
+            if not targets:
+                continue
+            T2 = dict(T)
+            T2[s] = G.contiguous()
+            vals = ConvForm.apply(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
+            for t, v in zip(targets, vals):
+                acc[t] = v if t not in acc else acc[t] + v
+        return (None, None, None) + tuple(acc.get(s) for s in SLOTS)
+
+
+def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
+    """Autograd-enabled conv: [N,K_in,C], [E,K_sh], [E,P,C] -> [N,K_out,C] (CONTRACT kernels)."""
+    tab = _conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
+    dt = node_feats.dtype
+    (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh.to(dt), edge_weights.to(dt), None)
+    return out
+
+
+class SHForm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, vectors, lmax):
+        ctx.lmax = lmax
+        ctx.save_for_backward(vectors)
+        return _sh.sh_forward(vectors, lmax)
+
+    @staticmethod
+    def backward(ctx, gY):
+        (v,) = ctx.saved_tensors
+        return SHVjp.apply(v, gY, ctx.lmax), None
+
+
+class SHVjp(torch.autograd.Function):
+    """gv = (dY/dv)^T gY on the fused kernel; its own pullback through torch autograd (sh_torch)."""
+
+    @staticmethod
+    def forward(ctx, v, gY, lmax):
+        ctx.lmax = lmax
+        ctx.save_for_backward(v, gY)
+        return _sh.sh_backward(v, gY, lmax)
+
+    @staticmethod
+    def backward(ctx, ggv):
+        v, gY = ctx.saved_tensors
+        with torch.enable_grad():
+            v_ = v.detach().requires_grad_(True)
+            gY_ = gY.detach().requires_grad_(True)
+            y = _sh.sh_torch(v_, ctx.lmax)
+            (gv,) = torch.autograd.grad(y, v_, gY_, create_graph=True)
+            dv, dg = torch.autograd.grad(gv, (v_, gY_), ggv, create_graph=torch.is_grad_enabled(), allow_unused=True)
+        return (torch.zeros_like(v) if dv is None else dv), (torch.zeros_like(gY) if dg is None else dg), None
+
+
+def spherical_harmonics(vectors, lmax):
+    """Autograd-enabled SH: [E, 3] -> [E, (lmax+1)**2] (CONTRACT kernels)."""
+    return SHForm.apply(vectors, lmax)
+
+
+class PolyForm(torch.autograd.Function):
+    """dF/ds for s in outs of a poly.Form F at slot tensors (node [N,K,C] / weight [S,K,C]; None if unused).
+
+    Pullback: for an upstream G_s, <G_s, dF/ds> is the form F_s = pullback(F, s) with G_s as a new slot,
+    and the gradient with respect to any slot t is dF_s/dt, another PolyForm call."""
+
+    @staticmethod
+    def forward(ctx, form, outs, plan, *tensors):
+        ctx.form, ctx.outs, ctx.plan = form, outs, plan
+        ctx.save_for_backward(*tensors)
+        return _sc.run_form(form, outs, tensors, plan)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        T = ctx.saved_tensors
+        need = tuple(t for t, n in enumerate(ctx.needs_input_grad[3:]) if n)
+        acc = {}
+        for s, G in zip(ctx.outs, grads):
+            if G is None or not need:
+                continue
+            form2 = _sc.pullback(ctx.form, s)
+            vals = PolyForm.apply(form2, need, ctx.plan, *T, G.contiguous())
+            for t, v in zip(need, vals):
+                acc[t] = v if t not in acc else acc[t] + v
+        return (None, None, None) + tuple(acc.get(t) for t in range(len(T)))
+
+
+def symmetric_contraction(node_feats, species, weights, spec):
+    """Autograd-enabled contraction: [N,K_in,C], [N], [S,W,C] -> [N,K_out,C] (CONTRACT kernels)."""
+    n, k, c = node_feats.shape
+    if k != spec.dim_in or weights.dim() != 3 or weights.shape[1] != spec.num_weights or weights.shape[2] != c:
+        raise ValueError(f"kernels/triton symmetric_contraction: node_feats {tuple(node_feats.shape)} and weights "
+                         f"{tuple(weights.shape)} do not fit {spec} (K_in={spec.dim_in}, W={spec.num_weights})")
+    if species.shape != (n,):
+        raise ValueError(f"kernels/triton symmetric_contraction: species has shape {tuple(species.shape)}, expected ({n},)")
+    form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
+    plan = _sc.make_plan(species, weights.shape[0], c)
+    (out,) = PolyForm.apply(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
+    return out

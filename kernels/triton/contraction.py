@@ -1,0 +1,100 @@
+"""Symmetric contraction on generated Triton kernels: forms -> kernels -> launchers (no autograd).
+
+x [N, K_in, C] node features, species [N] int64 in [0, S), W [S, num_weights, C], out [N, K_out, C].
+`base_form(spec)` is F(x, W, g) of poly.py built from kernels.coupling.contraction_path_table;
+the contraction is dF/dg. `run_form(form, outs, tensors, plan)` evaluates dF/ds for the slots in
+`outs` with one generated kernel; autograd.py builds the derivative forms (Form.pullback).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .codegen import load_source, next_pow2
+from .poly import Form, contraction_form, kernel_source
+
+
+@lru_cache(maxsize=None)
+def base_form(lmax_in: int, lmax_out: int, correlation: int) -> Form:
+    from ..coupling import ContractionSpec, contraction_path_table
+    spec = ContractionSpec(lmax_in, lmax_out, correlation)
+    return contraction_form(contraction_path_table(spec), spec.dim_in, spec.dim_out, spec.num_weights)
+
+
+@lru_cache(maxsize=None)
+def pullback(form: Form, s: int) -> Form:
+    return form.pullback(s)
+
+
+@lru_cache(maxsize=None)
+def _kernel(form: Form, outs: tuple):
+    key = hashlib.sha1(repr((form, outs)).encode()).hexdigest()[:16]
+    name = f"poly_{key}"
+    return load_source(kernel_source(name, form, outs), name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Species-sorted node order: perm [N] (stable), ptr [S+1] offsets; nchunk chunks of ch nodes."""
+    perm: torch.Tensor
+    ptr: torch.Tensor
+    num_species: int
+    num_nodes: int
+    ch: int
+    nchunk: int
+
+
+def tile_config(C: int) -> tuple[int, int, int, int]:
+    """(NB nodes per tile, BC channels per tile, CH nodes per chunk, num_warps)."""
+    env = os.environ.get("TUMBLER_SC_CFG")
+    if env:
+        nb, bc, ch, nw = (int(v) for v in env.split(","))
+        return nb, min(bc, next_pow2(C)), ch, nw
+    bc = min(next_pow2(C), 32)
+    nb = 8
+    return nb, bc, 64, 4
+
+
+def make_plan(species: torch.Tensor, num_species: int, C: int) -> Plan:
+    n = species.shape[0]
+    if n and bool(((species < 0) | (species >= num_species)).any()):
+        raise ValueError(f"kernels/triton/contraction.py: species must lie in [0, {num_species}) "
+                         f"(weights has {num_species} species), got min {int(species.min())}, max {int(species.max())}")
+    sorted_sp, perm = torch.sort(species, stable=True)
+    ptr = torch.searchsorted(sorted_sp, torch.arange(num_species + 1, device=species.device, dtype=species.dtype))
+    nb, bc, ch, nw = tile_config(C)
+    return Plan(perm, ptr, num_species, n, ch, max(1, -(-n // ch)))
+
+
+def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
+    """dF/d(slot s) for s in outs; node slots [N, K, C], weight slots [S, K, C]; same shapes out."""
+    ref = next(t for t in tensors if t is not None)
+    C = ref.shape[-1]
+    dt, dev = ref.dtype, ref.device
+    N, S = plan.num_nodes, plan.num_species
+    results, kargs = [], []
+    for s in outs:
+        kind, K = form.slots[s]
+        if kind == "node":
+            results.append(torch.empty(N, K, C, dtype=dt, device=dev))
+            kargs.append(results[-1])
+        else:
+            results.append(torch.empty(plan.nchunk, S, K, C, dtype=dt, device=dev))
+            kargs.append(results[-1])
+    if N > 0 and C > 0:
+        nb, bc, ch, nw = tile_config(C)
+        ins = [t.contiguous() if t is not None else ref for t in tensors]
+        grid = (S, plan.nchunk, -(-C // bc))
+        _kernel(form, tuple(outs))[grid](*ins, *kargs, plan.perm, plan.ptr, plan.nchunk, C,
+                                         CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
+    final = []
+    for s, r in zip(outs, results):
+        if form.slots[s][0] == "weight":
+            final.append(r.sum(0) if N > 0 and C > 0 else r.new_zeros(r.shape[1:]))
+        else:
+            final.append(r)
+    return tuple(final)

@@ -1,0 +1,145 @@
+"""Edge conv on generated Triton kernels: CG tables -> kernels -> launchers (no autograd here).
+
+Shapes: h [N, K_in, C], Y [E, K_sh], R [E, P, C], g [N, K_out, C]; graph = kernels.Graph
+(receiver-sorted edges, recv_ptr [N+1], send_perm [E], send_ptr [N+1], all int64).
+`ConvTable` is our adapter over kernels.cg's path tables: the flat list of non-zero entries
+(k1, k2, k3, p, w) in global component indices, so that
+    out[i, k3, c] = sum_{e -> i} sum_entries w * R[e, p, c] * h[send_e, k1, c] * Y[e, k2].
+The three launchers are the three partial derivatives of that 4-linear form (conv_codegen.py).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .codegen import load_source, next_pow2
+from .conv_codegen import edge_kernel_source, node_kernel_source
+
+
+@dataclass(frozen=True)
+class ConvTable:
+    K_in: int
+    K_sh: int
+    K_out: int
+    P: int
+    entries: tuple  # ((k1, k2, k3, p, w), ...) float64 coefficients
+
+    @property
+    def key(self) -> str:
+        import hashlib
+        return hashlib.sha1(repr((self.K_in, self.K_sh, self.K_out, self.P, self.entries)).encode()).hexdigest()[:12]
+
+
+@lru_cache(maxsize=None)
+def table_for(lmax_in: int, lmax_sh: int, lmax_out: int) -> ConvTable:
+    """Flatten kernels.cg's sparse path tables for ConvSpec(lmax_in, lmax_sh, lmax_out)."""
+    from .cg_adapter import conv_entries
+    return ConvTable((lmax_in + 1) ** 2, (lmax_sh + 1) ** 2, (lmax_out + 1) ** 2, *conv_entries(lmax_in, lmax_sh, lmax_out))
+
+
+@lru_cache(maxsize=None)
+def _recv_kernel(tab: ConvTable):
+    terms = [(k3, k1, k2, p, w) for k1, k2, k3, p, w in tab.entries]
+    name = f"conv_recv_{tab.key}"
+    return load_source(node_kernel_source(name, terms, tab.K_in, tab.K_sh, tab.P, tab.K_out), name)
+
+
+@lru_cache(maxsize=None)
+def _send_kernel(tab: ConvTable):
+    terms = [(k1, k3, k2, p, w) for k1, k2, k3, p, w in tab.entries]
+    name = f"conv_send_{tab.key}"
+    return load_source(node_kernel_source(name, terms, tab.K_out, tab.K_sh, tab.P, tab.K_in), name)
+
+
+@lru_cache(maxsize=None)
+def _edge_kernel(tab: ConvTable):
+    name = f"conv_edge_{tab.key}"
+    return load_source(edge_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
+
+
+def _interp() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def node_config(C: int, K: int) -> tuple[int, int, int]:
+    """(edges per tile BE, channels per tile BC, num_warps) for the segment kernels."""
+    env = os.environ.get("TUMBLER_CONV_NODE_CFG")
+    if env:
+        be, bc, nw = (int(x) for x in env.split(","))
+        return be, min(bc, next_pow2(C)), nw
+    bc = min(next_pow2(C), 32)
+    be = 16 if K <= 4 else 8
+    return be, bc, 4 if be * bc >= 256 else 2
+
+
+def edge_config(C: int, K: int) -> tuple[int, int, int]:
+    env = os.environ.get("TUMBLER_CONV_EDGE_CFG")
+    if env:
+        be, bc, nw = (int(x) for x in env.split(","))
+        return be, min(bc, next_pow2(C)), nw
+    bc = min(next_pow2(C), 32)
+    be = 32 if K <= 4 else 16
+    return be, bc, 4
+
+
+def _check(x: torch.Tensor, shape, what: str):
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"kernels/triton/conv.py: {what} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+
+
+def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
+    """out[i] = sum over edges into i: [N, K_in, C] x [E, K_sh] x [E, P, C] -> [N, K_out, C]."""
+    N, _, C = h.shape
+    E = Y.shape[0]
+    _check(h, (N, tab.K_in, C), "node_feats")
+    _check(Y, (E, tab.K_sh), "edge_sh")
+    _check(R, (E, tab.P, C), "edge_weights")
+    out = torch.empty(N, tab.K_out, C, dtype=h.dtype, device=h.device)
+    if N == 0 or C == 0:
+        return out
+    be, bc, nw = node_config(C, tab.K_in)
+    grid = (N, triton_cdiv(C, bc))
+    _recv_kernel(tab)[grid](h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr,
+                            graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw)
+    return out
+
+
+def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
+    """dh[j] = sum over edges out of j (transposed graph): [N, K_out, C] -> [N, K_in, C]."""
+    N, _, C = g.shape
+    _check(g, (N, tab.K_out, C), "grad_out")
+    out = torch.empty(N, tab.K_in, C, dtype=g.dtype, device=g.device)
+    if N == 0 or C == 0:
+        return out
+    be, bc, nw = node_config(C, tab.K_out)
+    grid = (N, triton_cdiv(C, bc))
+    _send_kernel(tab)[grid](g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr, graph.send_perm,
+                            graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw)
+    return out
+
+
+def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
+    """Per-edge derivatives: dY [E, K_sh] (summed over channels) and dR [E, P, C]; None where not asked."""
+    N, _, C = h.shape
+    E = graph.senders.shape[0]
+    dt, dev = h.dtype, h.device
+    dY = torch.empty(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None
+    dR = torch.empty(E, tab.P, C, dtype=dt, device=dev) if need_R else None
+    if E == 0 or not (need_Y or need_R):
+        return dY, dR
+    if C == 0:
+        return (dY.zero_() if need_Y else None), dR
+    be, bc, nw = edge_config(C, max(tab.K_in, tab.K_out))
+    dummy = h
+    _edge_kernel(tab)[(triton_cdiv(E, be),)](
+        h.contiguous(), g.contiguous(), Y.contiguous() if need_R else dummy, R.contiguous() if need_Y else dummy,
+        dY if need_Y else dummy, dR if need_R else dummy, graph.senders, graph.receivers, E, C,
+        BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+    return dY, dR
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b

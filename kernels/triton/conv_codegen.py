@@ -1,0 +1,142 @@
+"""Source generators for the edge-conv kernel family.
+
+The conv is the derivative of one 4-linear form over the graph,
+    F(h, Y, R, g) = sum_e sum_c sum_{(k1,k2,k3,p,w)} w * g[recv_e,k3,c] * R[e,p,c] * h[send_e,k1,c] * Y[e,k2]
+with (k1, k2, k3, p, w) the non-zero CG entries (component indices into node features [*, K_in, C],
+harmonics [E, K_sh], output [*, K_out, C], path p, coefficient w). Three kernels compute all its
+partial derivatives:
+  node kernel, receiver segments:  dF/dg[i] = sum over edges into i   (the conv itself)
+  node kernel, sender segments:    dF/dh[j] = sum over edges out of j (transposed graph, via send_perm)
+  edge kernel:                     dF/dY[e] (sum over channels) and dF/dR[e] (per channel)
+Each term list is emitted as straight-line code with the coefficients as constants; no
+E x C x K intermediate is written, no atomics are used (each output element has one writer that
+sums in a fixed order), so results are bitwise deterministic.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .codegen import lit
+
+# term: (o, a, b, p, w) meaning out[o] += w * R[p] * X[a] * Y[b]   (node kernels)
+
+
+def node_kernel_source(name: str, terms, KX: int, KY: int, P: int, KO: int) -> str:
+    """Segment kernel: one program per (output node, channel block).
+
+    X: gathered node tensor [N, KX, C] (row GIDX[eid]); Y: [E, KY]; R: [E, P, C];
+    OUT: [N, KO, C]; PTR: [N+1] segment offsets into the edge order; PERM: edge ids in that
+    order (used when USE_PERM, else the order is the identity).
+    """
+    outs = sorted({t[0] for t in terms})
+    used_a = sorted({t[1] for t in terms})
+    used_b = sorted({t[2] for t in terms})
+    used_p = sorted({t[3] for t in terms})
+    # group: (o, p) -> a -> list of (b, w)
+    grp: dict = defaultdict(lambda: defaultdict(list))
+    for o, a, b, p, w in terms:
+        grp[(o, p)][a].append((b, w))
+    L = []
+    L.append("@triton.jit")
+    L.append(f"def {name}(X, Y, R, OUT, PTR, PERM, GIDX, C, BE: tl.constexpr, BC: tl.constexpr, "
+             "USE_PERM: tl.constexpr):")
+    L.append("    node = tl.program_id(0).to(tl.int64)")
+    L.append("    c = tl.program_id(1) * BC + tl.arange(0, BC)")
+    L.append("    cm = c < C")
+    L.append("    start = tl.load(PTR + node)")
+    L.append("    end = tl.load(PTR + node + 1)")
+    L.append("    dt = X.dtype.element_ty")
+    for o in outs:
+        L.append(f"    acc{o} = tl.zeros([BE, BC], dt)")
+    L.append("    for e0 in range(start, end, BE):")
+    L.append("        eo = e0 + tl.arange(0, BE)")
+    L.append("        em = eo < end")
+    L.append("        if USE_PERM:")
+    L.append("            eid = tl.load(PERM + eo, mask=em, other=0)")
+    L.append("        else:")
+    L.append("            eid = eo")
+    L.append("        src = tl.load(GIDX + eid, mask=em, other=0)")
+    L.append("        m2 = em[:, None] & cm[None, :]")
+    L.append(f"        xrow = X + src[:, None] * ({KX} * C) + c[None, :]")
+    L.append(f"        rrow = R + eid[:, None] * ({P} * C) + c[None, :]")
+    L.append(f"        yrow = Y + eid * {KY}")
+    for a in used_a:
+        L.append(f"        x{a} = tl.load(xrow + {a} * C, mask=m2, other=0.0)")
+    for b in used_b:
+        L.append(f"        y{b} = tl.load(yrow + {b}, mask=em, other=0.0)")
+    for p in used_p:
+        L.append(f"        r{p} = tl.load(rrow + {p} * C, mask=m2, other=0.0)")
+    for (o, p), by_a in sorted(grp.items()):
+        parts = []
+        for a, bw in sorted(by_a.items()):
+            coef = " + ".join(f"{lit(w)} * y{b}" for b, w in bw)  # [BE] (cheap: per edge)
+            parts.append(f"x{a} * ({coef})[:, None]")
+        L.append(f"        acc{o} += r{p} * ({' + '.join(parts)})")
+    L.append(f"    orow = OUT + node * ({KO} * C) + c")
+    for o in range(KO):
+        val = f"tl.sum(acc{o}, axis=0)" if o in outs else "tl.zeros([BC], dt)"
+        L.append(f"    tl.store(orow + {o} * C, {val}, mask=cm)")
+    return "\n".join(L) + "\n"
+
+
+def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> str:
+    """Per-edge kernel: one program per block of BE edges, looping over channel blocks.
+
+    table: (k1, k2, k3, p, w) CG entries. H: [N, KH, C] (row SEND[e]); G: [N, KG, C]
+    (row RECV[e]); Y: [E, KY]; R: [E, P, C]. Writes DY [E, KY] = dF/dY when NEED_Y and
+    DR [E, P, C] = dF/dR when NEED_R.
+    """
+    by_p: dict = defaultdict(lambda: defaultdict(list))   # p -> (a, o) -> [(b, w)]
+    by_b: dict = defaultdict(lambda: defaultdict(list))   # b -> p -> [(a, o, w)]
+    for a, b, o, p, w in table:
+        by_p[p][(a, o)].append((b, w))
+        by_b[b][p].append((a, o, w))
+    used_a = sorted({t[0] for t in table})
+    used_b = sorted({t[1] for t in table})
+    used_o = sorted({t[2] for t in table})
+    used_p = sorted({t[3] for t in table})
+    L = []
+    L.append("@triton.jit")
+    L.append(f"def {name}(H, G, Y, R, DY, DR, SEND, RECV, E, C, BE: tl.constexpr, BC: tl.constexpr, "
+             "NEED_Y: tl.constexpr, NEED_R: tl.constexpr):")
+    L.append("    e = tl.program_id(0).to(tl.int64) * BE + tl.arange(0, BE)")
+    L.append("    em = e < E")
+    L.append("    s = tl.load(SEND + e, mask=em, other=0)")
+    L.append("    r = tl.load(RECV + e, mask=em, other=0)")
+    L.append("    dt = H.dtype.element_ty")
+    L.append("    if NEED_R:")
+    for b in used_b:
+        L.append(f"        y{b} = tl.load(Y + e * {KY} + {b}, mask=em, other=0.0)")
+    L.append("    if NEED_Y:")
+    for b in range(KY):
+        L.append(f"        dy{b} = tl.zeros([BE], dt)")
+    L.append("    for c0 in range(0, C, BC):")
+    L.append("        c = c0 + tl.arange(0, BC)")
+    L.append("        m2 = em[:, None] & (c < C)[None, :]")
+    L.append(f"        hrow = H + s[:, None] * ({KH} * C) + c[None, :]")
+    L.append(f"        grow = G + r[:, None] * ({KG} * C) + c[None, :]")
+    L.append(f"        rrow = e[:, None] * ({P} * C) + c[None, :]")
+    for a in used_a:
+        L.append(f"        h{a} = tl.load(hrow + {a} * C, mask=m2, other=0.0)")
+    for o in used_o:
+        L.append(f"        g{o} = tl.load(grow + {o} * C, mask=m2, other=0.0)")
+    L.append("        if NEED_R:")
+    for p in used_p:
+        parts = []
+        for (a, o), bw in sorted(by_p[p].items()):
+            coef = " + ".join(f"{lit(w)} * y{b}" for b, w in bw)
+            parts.append(f"h{a} * g{o} * ({coef})[:, None]")
+        L.append(f"            tl.store(DR + rrow + {p} * C, {' + '.join(parts)}, mask=m2)")
+    L.append("        if NEED_Y:")
+    for p in used_p:
+        L.append(f"            r{p} = tl.load(R + rrow + {p} * C, mask=m2, other=0.0)")
+    for b in used_b:
+        parts = []
+        for p, aow in sorted(by_b[b].items()):
+            inner = " + ".join(f"{lit(w)} * h{a} * g{o}" for a, o, w in aow)
+            parts.append(f"r{p} * ({inner})")
+        L.append(f"            dy{b} += tl.sum({' + '.join(parts)}, axis=1)")
+    L.append("    if NEED_Y:")
+    for b in range(KY):
+        L.append(f"        tl.store(DY + e * {KY} + {b}, dy{b}, mask=em)")
+    return "\n".join(L) + "\n"

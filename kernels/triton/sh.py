@@ -1,0 +1,215 @@
+"""Spherical harmonics l <= 3 as generated Triton kernels (forward and first derivative).
+
+Convention (CONTRACT kernels): real harmonics of the unit vector u = v/|v|, e3nn order
+(l major, m = -l..l), "component" normalisation (each l block has squared norm 2l+1).
+Every Y_lm is a homogeneous polynomial of degree l in (ux, uy, uz) (e3nn's formulas), built
+here as a table {(a, b, c): coeff} for ux^a uy^b uz^c. The generators below emit one
+straight-line Triton kernel per lmax from those tables:
+  forward:  Y[e, k]  = P_k(u)                                  [E, (lmax+1)**2]
+  backward: gv[e, :] = (1/|v|) (I - u u^T) sum_k gY[e, k] grad_u P_k(u)      [E, 3]
+At v = 0 we set u = 0 (1/|v| -> 0): Y = (1, 0, ..., 0) and the gradient is exactly 0, never NaN.
+Second derivatives are taken by torch autograd over `sh_torch`, a torch evaluation of the
+same polynomial tables (SH are cheap; documented in autograd.py).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+from .codegen import lit, load_source
+
+Poly = dict  # {(a, b, c): coeff} for ux^a uy^b uz^c
+
+MAX_L = 3
+
+
+def _mul(p: Poly, q: Poly) -> Poly:
+    out: Poly = {}
+    for (a, b, c), x in p.items():
+        for (d, e, f), y in q.items():
+            k = (a + d, b + e, c + f)
+            out[k] = out.get(k, 0.0) + x * y
+    return {k: v for k, v in out.items() if v != 0.0}
+
+
+def _add(*ps: Poly, w=None) -> Poly:
+    out: Poly = {}
+    for i, p in enumerate(ps):
+        s = 1.0 if w is None else w[i]
+        for k, v in p.items():
+            out[k] = out.get(k, 0.0) + s * v
+    return {k: v for k, v in out.items() if v != 0.0}
+
+
+def _sc(s: float, p: Poly) -> Poly:
+    return {k: s * v for k, v in p.items()}
+
+
+@lru_cache(maxsize=None)
+def sh_polys(lmax: int) -> tuple:
+    """Tuple of (lmax+1)**2 polynomials, e3nn's `_spherical_harmonics` formulas, l <= 3."""
+    if not 0 <= lmax <= MAX_L:
+        raise ValueError(f"kernels/triton/sh.py: lmax={lmax} outside 0..{MAX_L}")
+    X, Y, Z = {(1, 0, 0): 1.0}, {(0, 1, 0): 1.0}, {(0, 0, 1): 1.0}
+    out = [{(0, 0, 0): 1.0}]
+    if lmax >= 1:
+        out += [_sc(math.sqrt(3), X), _sc(math.sqrt(3), Y), _sc(math.sqrt(3), Z)]
+    if lmax >= 2:
+        y2 = _mul(Y, Y)
+        x2z2 = _add(_mul(X, X), _mul(Z, Z))
+        s20 = _sc(math.sqrt(15), _mul(X, Z))
+        s24 = _sc(0.5 * math.sqrt(15), _add(_mul(Z, Z), _mul(X, X), w=[1.0, -1.0]))
+        out += [s20, _sc(math.sqrt(15), _mul(X, Y)), _sc(math.sqrt(5), _add(y2, x2z2, w=[1.0, -0.5])),
+                _sc(math.sqrt(15), _mul(Y, Z)), s24]
+    if lmax >= 3:
+        q = _add(_sc(4.0, y2), x2z2, w=[1.0, -1.0])  # 4 y^2 - (x^2 + z^2)
+        out += [
+            _sc(math.sqrt(42) / 6, _add(_mul(s20, Z), _mul(s24, X))),
+            _sc(math.sqrt(7), _mul(s20, Y)),
+            _sc(math.sqrt(168) / 8, _mul(q, X)),
+            _sc(math.sqrt(7) / 2, _mul(Y, _add(_sc(2.0, y2), _sc(-3.0, x2z2)))),
+            _sc(math.sqrt(168) / 8, _mul(q, Z)),
+            _sc(math.sqrt(7), _mul(s24, Y)),
+            _sc(math.sqrt(42) / 6, _add(_mul(s24, Z), _mul(s20, X), w=[1.0, -1.0])),
+        ]
+    return tuple(out)
+
+
+def _deriv(p: Poly, axis: int) -> Poly:
+    out: Poly = {}
+    for k, v in p.items():
+        if k[axis] > 0:
+            kk = list(k)
+            kk[axis] -= 1
+            out[tuple(kk)] = out.get(tuple(kk), 0.0) + v * k[axis]
+    return out
+
+
+def _mono(k) -> str:
+    f = [f"u{n}" for n, e in zip("xyz", k) for _ in range(e)]
+    return " * ".join(f) if f else "one"
+
+
+def _poly_expr(p: Poly) -> str:
+    if not p:
+        return "zero"
+    return " + ".join(f"{lit(v)} * {_mono(k)}" for k, v in sorted(p.items()))
+
+
+_PRE = """
+@triton.jit
+def {name}(V, A, B, E, BLOCK: tl.constexpr, KP: tl.constexpr):
+    # V: [E, 3] vectors; {io}
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    em = e < E
+    c4 = tl.arange(0, 4)
+    vt = tl.load(V + e[:, None] * 3 + c4[None, :], mask=em[:, None] & (c4[None, :] < 3), other=0.0)
+    vx = tl.sum(tl.where(c4[None, :] == 0, vt, 0.0), axis=1)
+    vy = tl.sum(tl.where(c4[None, :] == 1, vt, 0.0), axis=1)
+    vz = tl.sum(tl.where(c4[None, :] == 2, vt, 0.0), axis=1)
+    r2 = vx * vx + vy * vy + vz * vz
+    inv = tl.where(r2 > 0.0, 1.0 / tl.sqrt(tl.where(r2 > 0.0, r2, 1.0)), 0.0)
+    ux = vx * inv
+    uy = vy * inv
+    uz = vz * inv
+    one = tl.full(ux.shape, 1.0, ux.dtype)
+    zero = tl.zeros(ux.shape, ux.dtype)
+    kk = tl.arange(0, KP)
+"""
+
+
+@lru_cache(maxsize=None)
+def fwd_kernel(lmax: int):
+    polys = sh_polys(lmax)
+    K = len(polys)
+    name = f"sh_fwd_l{lmax}"
+    src = _PRE.format(name=name, io=f"A: out [E, {K}]; B unused")
+    src += "    out = tl.zeros([BLOCK, KP], ux.dtype)\n"
+    for k, p in enumerate(polys):
+        src += f"    out = tl.where(kk[None, :] == {k}, ({_poly_expr(p)})[:, None], out)\n"
+    src += f"    tl.store(A + e[:, None] * {K} + kk[None, :], out, mask=em[:, None] & (kk[None, :] < {K}))\n"
+    return load_source(src, name)
+
+
+@lru_cache(maxsize=None)
+def bwd_kernel(lmax: int):
+    polys = sh_polys(lmax)
+    K = len(polys)
+    name = f"sh_bwd_l{lmax}"
+    src = _PRE.format(name=name, io=f"A: gY [E, {K}]; B: out gv [E, 3]")
+    src += (f"    gt = tl.load(A + e[:, None] * {K} + kk[None, :], mask=em[:, None] & (kk[None, :] < {K}), other=0.0)\n")
+    gu = {0: [], 1: [], 2: []}
+    for k, p in enumerate(polys):
+        if k == 0:
+            continue
+        src += f"    g{k} = tl.sum(tl.where(kk[None, :] == {k}, gt, 0.0), axis=1)\n"
+        for ax in range(3):
+            d = _deriv(p, ax)
+            if d:
+                gu[ax].append(f"g{k} * ({_poly_expr(d)})")
+    for ax, n in enumerate("xyz"):
+        src += f"    gu{n} = {' + '.join(gu[ax]) if gu[ax] else 'zero'}\n"
+    src += "    ug = ux * gux + uy * guy + uz * guz\n"
+    src += "    gx = inv * (gux - ux * ug)\n    gy = inv * (guy - uy * ug)\n    gz = inv * (guz - uz * ug)\n"
+    src += ("    res = tl.where(c4[None, :] == 0, gx[:, None], tl.where(c4[None, :] == 1, gy[:, None], gz[:, None]))\n"
+            "    tl.store(B + e[:, None] * 3 + c4[None, :], res, mask=em[:, None] & (c4[None, :] < 3))\n")
+    return load_source(src, name)
+
+
+BLOCK = 256
+
+
+def _launch(kern, v, a, b, lmax):
+    E = v.shape[0]
+    if E == 0:
+        return
+    K = (lmax + 1) ** 2
+    kp = 4 if K <= 4 else 16
+    kern[(triton_cdiv(E, BLOCK),)](v, a, b, E, BLOCK=BLOCK, KP=kp, num_warps=4)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def sh_forward(vectors: torch.Tensor, lmax: int) -> torch.Tensor:
+    """[E, 3] -> [E, (lmax+1)**2] through the generated forward kernel (no autograd)."""
+    v = vectors.contiguous()
+    out = torch.empty(v.shape[0], (lmax + 1) ** 2, dtype=v.dtype, device=v.device)
+    if lmax == 0:
+        return out.fill_(1.0)
+    _launch(fwd_kernel(lmax), v, out, out, lmax)
+    return out
+
+
+def sh_backward(vectors: torch.Tensor, grad_sh: torch.Tensor, lmax: int) -> torch.Tensor:
+    """Vector-Jacobian product: ([E, 3], [E, K]) -> [E, 3] (no autograd)."""
+    v = vectors.contiguous()
+    g = grad_sh.contiguous().to(v.dtype)
+    out = torch.empty_like(v)
+    if lmax == 0:
+        return out.zero_()
+    _launch(bwd_kernel(lmax), v, g, out, lmax)
+    return out
+
+
+def sh_torch(vectors: torch.Tensor, lmax: int) -> torch.Tensor:
+    """The same polynomials in torch ops (twice differentiable); used for second derivatives."""
+    r2 = (vectors * vectors).sum(-1, keepdim=True)
+    pos = r2 > 0
+    inv = torch.where(pos, torch.rsqrt(torch.where(pos, r2, torch.ones_like(r2))), torch.zeros_like(r2))
+    u = vectors * inv
+    ux, uy, uz = u.unbind(-1)
+    cols = []
+    for p in sh_polys(lmax):
+        acc = ux * 0.0  # keeps the graph connected for l = 0
+        for k, coef in p.items():
+            term = torch.full_like(ux, coef)
+            for comp, e in zip((ux, uy, uz), k):
+                for _ in range(e):
+                    term = term * comp
+            acc = acc + term
+        cols.append(acc)
+    return torch.stack(cols, dim=-1)
