@@ -1,0 +1,215 @@
+"""Static-shape energy + forces (+ stress) step of a Potential, replayable as a CUDA graph.
+
+`StaticStep(model, numbers, ptr, cell, pbc, skin=1.0, stress=False)` evaluates a fixed set of B structures
+(atoms ptr[b]:ptr[b+1] of one positions tensor) again and again at new positions, the way MD and relaxation do:
+
+- Shapes are static. One padding ("dummy") atom is appended (index N, species 0, its own structure B with a
+  zero cell); the edge arrays are padded to a bucket (the real count times `headroom`, rounded up to 256).
+  Padding edges run dummy -> dummy and their vector is replaced by a constant of length 2 r_max + 1, so their
+  radial envelope, edge features and radial weights are exactly 0: they add exactly nothing to any energy,
+  force or stress. The dummy atom has no real neighbour, so its features are 0 and its energy (= E0 of
+  species 0) is summed into structure B, which is dropped. Nothing padded reaches a real output.
+- Neighbours: `potential.device_neighbors.BatchNeighbors` (Verlet list, r_max + skin, device-side displacement
+  check, vesin on CUDA tensors). A rebuild refills the edge buffers in place; only when the real edge count
+  outgrows the bucket are the buffers reallocated and the graph re-captured (`captures` counts captures).
+- On CUDA (cuda_graph=None -> True) the whole evaluation, autograd included, is captured once into a
+  torch.cuda.CUDAGraph and replayed; on CPU the same padded computation runs eagerly (that is what CI tests).
+- The model's node energy is re-expressed here without host syncs: the kernels Graph is built once per
+  rebuild (not validated each call) and the symmetric contraction groups atoms by species with an ordering
+  fixed at construction (the reference op counts species on the host every call, which a graph cannot do).
+  Spherical harmonics and the convolution are the model's own backend ops. `_node_energy` mirrors
+  `Potential._node_energy` term by term; tests/dynamics checks both agree to float64 rounding.
+
+Call: `out = step(positions)` with positions [N, 3] (any float dtype, Å); returns a dict of tensors owned by
+the step (overwritten by the next call; clone to keep): "energy" [B] float64 eV, "forces" [N, 3] float64 eV/Å,
+"stress" [B, 3, 3] float64 eV/Å^3 (ASE sign; 0 for structures that are not 3D periodic; only if stress=True).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+import kernels
+
+from .device_neighbors import BatchNeighbors
+from .static_ops import grouped_contraction
+
+EDGE_BUCKET = 256  # edge counts are padded to a multiple of this
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+class StaticStep:
+    """Padded, capture-safe evaluation of `model` on a fixed batch of structures (see the module docstring)."""
+
+    def __init__(self, model, numbers, ptr, cell, pbc, skin: float = 1.0, stress: bool = False,
+                 cuda_graph: bool | None = None, headroom: float = 1.2):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = model.dtype
+        dev = self.device
+        ptr = torch.as_tensor(ptr, dtype=torch.int64).tolist()
+        self.num_structures = b = len(ptr) - 1
+        self.num_atoms = n = ptr[-1]
+        numbers = torch.as_tensor(numbers, dtype=torch.int64, device=dev)
+        cell = torch.as_tensor(cell, dtype=torch.float64, device=dev).reshape(b, 3, 3)
+        pbc = torch.as_tensor(pbc, dtype=torch.bool, device=dev).reshape(b, 3)
+        sizes = torch.tensor([ptr[i + 1] - ptr[i] for i in range(b)], device=dev)
+        structure = torch.repeat_interleave(torch.arange(b, device=dev), sizes)  # [N]
+        species = model.species_index(numbers, structure)  # ValueError naming unknown elements
+        self.species = torch.cat([species, species.new_zeros(1)])  # [N+1], dummy atom: species 0
+        self.structure = torch.cat([structure, structure.new_full((1,), b)])  # [N+1], dummy: structure B
+        self.cell = torch.zeros(b + 1, 3, 3, dtype=self.dtype, device=dev)  # [B+1, 3, 3] Å
+        self.cell[:b] = cell.to(self.dtype)
+        self.pbc = pbc
+        self.stress = bool(stress)
+        self.headroom = float(headroom)
+        self.cuda_graph = (dev.type == "cuda") if cuda_graph is None else bool(cuda_graph)
+        if self.cuda_graph and dev.type != "cuda":
+            raise ValueError(f"StaticStep: cuda_graph=True needs a CUDA model, the model is on {dev}")
+        self.neighbors = BatchNeighbors(ptr, cell, pbc, model.r_max, skin)
+        self.positions = torch.zeros(n + 1, 3, dtype=self.dtype, device=dev)  # [N+1, 3] input buffer
+        self.far = torch.tensor([2.0 * model.r_max + 1.0, 0.0, 0.0], dtype=self.dtype, device=dev)  # Å
+        self.ops = kernels.Ops("static", model.ops.spherical_harmonics, model.ops.edge_conv,
+                               grouped_contraction(self.species, len(model.elements)))
+        self._update_volume()
+        self.num_pad_edges = 0
+        self.captures = 0
+        self._graph = None
+        self._out = None
+
+    # ------------------------------------------------------------------ state
+    def _update_volume(self) -> None:
+        volume = torch.linalg.det(self.cell[: self.num_structures].double()).abs()  # [B] Å^3
+        self.periodic = self.pbc.all(dim=1) & (volume > 0)  # [B]
+        self.inv_volume = torch.where(self.periodic, 1.0 / torch.where(self.periodic, volume, 1.0), 0.0)
+
+    def set_cell(self, cell) -> None:
+        """New cells [B, 3, 3] (Å), e.g. for NPT: periodic structures get new lists at the next call."""
+        cell = torch.as_tensor(cell, dtype=torch.float64, device=self.device).reshape(self.num_structures, 3, 3)
+        self.cell[: self.num_structures].copy_(cell.to(self.dtype))  # in place: a captured graph sees it
+        self.neighbors.set_cell(cell)
+        self._update_volume()
+
+    @property
+    def rebuilds(self) -> int:
+        return self.neighbors.rebuilds
+
+    @property
+    def num_edges(self) -> int:
+        """Real edges (within r_max + skin) of the current list."""
+        return int(self.neighbors.edges[0].shape[0]) if self.neighbors.edges is not None else 0
+
+    def _load_edges(self) -> None:
+        senders, receivers, shifts = self.neighbors.edges
+        e, n, dev = senders.shape[0], self.num_atoms, self.device
+        if e > self.num_pad_edges:  # bucket overflow: new buffers, so the graph must be captured again
+            self.num_pad_edges = _round_up(int(math.ceil(e * self.headroom)) + 1, EDGE_BUCKET)
+            ep = self.num_pad_edges
+            self.senders = torch.full((ep,), n, dtype=torch.int64, device=dev)
+            self.receivers = torch.full((ep,), n, dtype=torch.int64, device=dev)
+            self.shifts = torch.zeros(ep, 3, dtype=self.dtype, device=dev)
+            self.edge_mask = torch.zeros(ep, dtype=torch.bool, device=dev)
+            self.recv_ptr = torch.zeros(n + 2, dtype=torch.int64, device=dev)
+            self.send_perm = torch.zeros(ep, dtype=torch.int64, device=dev)
+            self.send_ptr = torch.zeros(n + 2, dtype=torch.int64, device=dev)
+            self._graph = None
+        self.senders[:e] = senders
+        self.senders[e:] = n
+        self.receivers[:e] = receivers
+        self.receivers[e:] = n  # the dummy atom has the largest index: receivers stay sorted
+        self.shifts[:e] = shifts.to(self.dtype)
+        self.shifts[e:] = 0
+        self.edge_mask[:e] = True
+        self.edge_mask[e:] = False
+        nodes = torch.arange(n + 2, device=dev)
+        self.recv_ptr.copy_(torch.searchsorted(self.receivers, nodes))
+        self.send_perm.copy_(torch.argsort(self.senders, stable=True))
+        self.send_ptr.copy_(torch.searchsorted(self.senders[self.send_perm], nodes))
+
+    # ------------------------------------------------------------------ evaluation
+    def __call__(self, positions: torch.Tensor, flags: torch.Tensor | None = None) -> dict:
+        """Energies, forces (and stress) at positions [N, 3] Å. `flags`: precomputed neighbours.check()."""
+        if self.neighbors.update(positions, flags) or self.neighbors.edges is None:
+            self._load_edges()
+        self.positions[: self.num_atoms].copy_(positions.detach())
+        if not self.cuda_graph:
+            return self._compute()
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self._out
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm-up outside the graph (allocator, lazy init, autotuning)
+            for _ in range(2):
+                self._compute()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        self._graph = None
+        try:
+            with torch.cuda.graph(graph):
+                out = self._compute()
+        except RuntimeError as exc:  # an op that syncs the host cannot be captured: run eagerly instead
+            warnings.warn(f"StaticStep: CUDA graph capture failed ({exc}); running the padded step eagerly",
+                          RuntimeWarning, stacklevel=3)
+            self.cuda_graph = False
+            torch.cuda.synchronize(self.device)
+            self._out = None
+            return
+        self._graph, self._out = graph, out
+        self.captures += 1
+
+    def _compute(self) -> dict:
+        """The padded evaluation; only device ops on fixed-shape buffers (capturable)."""
+        b, n = self.num_structures, self.num_atoms
+        dtype, structure = self.dtype, self.structure
+        positions = self.positions.detach().requires_grad_(True)  # [N+1, 3]
+        inputs = [positions]
+        pos, cell = positions, self.cell
+        if self.stress:  # x -> x (I + sym(eps)), as Potential._forward
+            strain = torch.zeros(b + 1, 3, 3, dtype=dtype, device=self.device, requires_grad=True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))  # [B+1, 3, 3]
+            pos = positions + torch.einsum("ni,nij->nj", positions, sym[structure])
+            cell = cell + cell @ sym
+            inputs.append(strain)
+        snd, rcv = self.senders, self.receivers  # [E_pad]
+        vec = pos[snd] - pos[rcv] + torch.einsum("ei,eij->ej", self.shifts, cell[structure[rcv]])  # [E_pad, 3]
+        vec = torch.where(self.edge_mask[:, None], vec, self.far)  # padding edges: length 2 r_max + 1
+        graph = kernels.Graph(snd, rcv, n + 1, self.recv_ptr, self.send_perm, self.send_ptr)
+        node_energy = self._node_energy(vec, graph)  # [N+1] float64
+        energy = torch.zeros(b + 1, dtype=torch.float64, device=self.device).index_add(0, structure, node_energy)
+        grads = torch.autograd.grad(energy.sum(), inputs)
+        out = {"energy": energy[:b].detach(), "node_energy": node_energy[:n].detach(),
+               "forces": (-grads[0][:n]).to(torch.float64)}
+        if self.stress:
+            virial = grads[1][:b].to(torch.float64)  # [B, 3, 3] eV
+            out["stress"] = virial * self.inv_volume[:, None, None]
+        return out
+
+    def _node_energy(self, vec: torch.Tensor, graph) -> torch.Tensor:
+        """Per-atom energies [N+1] float64; the same terms as Potential._node_energy."""
+        model, ops, species = self.model, self.ops, self.species
+        r2 = (vec * vec).sum(dim=-1)  # [E] Å^2 (> 0: no self edge at zero shift, padding is far)
+        nonzero = r2 > 0
+        r = torch.where(nonzero, torch.sqrt(torch.where(nonzero, r2, torch.ones_like(r2))), torch.zeros_like(r2))
+        cutoff = model.envelope(r)  # [E], exactly 0 for r >= r_max
+        edge_feats = model.bessel(r) * cutoff.unsqueeze(-1)  # [E, num_bessel]
+        edge_sh = ops.spherical_harmonics(vec, model.config.lmax_sh)  # [E, (lmax_sh+1)**2]
+        h = model.embedding(species)  # [N+1, 1, C]
+        site = torch.zeros(graph.num_nodes, dtype=h.dtype, device=h.device)  # [N+1]
+        for interaction, product, readout in zip(model.interactions, model.products, model.readouts):
+            m = interaction(h, edge_sh, edge_feats, graph, ops)  # [N+1, K_msg, C]
+            h = product(m, h, species, ops)  # [N+1, K_hidden, C]
+            site = site + readout(h)
+        coordination = torch.zeros(graph.num_nodes, dtype=cutoff.dtype, device=cutoff.device)
+        coordination = coordination.index_add(0, graph.receivers, cutoff)  # [N+1]
+        gate = torch.tanh(coordination)
+        return model.atomic_energies[species] + model.shift * gate.double() + model.scale * site.double()
