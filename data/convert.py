@@ -97,7 +97,7 @@ def read_structures(path, format: str = "auto", energy_key: str | None = None, f
         dataset = open_dataset(path)
         structures = dataset[: len(dataset) if limit is None else limit]
         names = {"energy": "energy", "forces": "forces"}
-        keys = [["energy" if s.energy is not None else "", "forces" if s.forces is not None else ""] for s in structures]
+        keys = [[k for k in ("energy", "forces", "stress") if getattr(s, k) is not None] for s in structures]
     _require(structures, keys, require, names)
     if config_type is not None:
         for s in structures:

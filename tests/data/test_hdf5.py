@@ -131,3 +131,22 @@ def test_to_atoms_carries_labels(make_structures):
     np.testing.assert_array_equal(atoms.get_forces(), s.forces)
     back = Structure.from_atoms(atoms)
     assert_same(s, back)
+
+
+def test_dataloader_workers(tmp_path, make_structures):
+    import functools
+
+    import torch
+
+    from data import collate
+
+    structures = make_structures(8, seed=4)
+    ds = open_dataset(write_dataset(tmp_path / "x.h5", structures))
+    ds[0]  # handle opened in the parent before the workers fork
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, multiprocessing_context="fork",
+                                         collate_fn=functools.partial(collate, cutoff=3.0))
+    batches = list(loader)
+    assert [b.num_structures for b in batches] == [3, 3, 2]
+    assert torch.equal(torch.cat([b.index for b in batches]), torch.arange(8))
+    positions = torch.cat([b.positions for b in batches]).numpy()
+    np.testing.assert_array_equal(positions, np.concatenate([s.positions for s in structures]))
