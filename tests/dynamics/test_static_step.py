@@ -1,0 +1,124 @@
+"""The padded, static-shape step (potential/static_step.py) against the eager unpadded Potential, float64.
+
+Budget: ~10 s on 2 CPU cores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from potential.static_step import StaticStep
+
+from tumbler_dynamics_helpers import make_model, structures
+
+ATOL = 1e-10
+
+
+def eager(model, atoms_list, stress=True):
+    batch = data.Batch.from_atoms(atoms_list, model.r_max)
+    return model(batch, forces=True, stress=stress)
+
+
+def static_for(model, atoms_list, **kwargs):
+    batch = data.Batch.from_atoms(atoms_list, model.r_max)
+    step = StaticStep(model, batch.numbers, batch.ptr, batch.cell, batch.pbc, **kwargs)
+    return step, batch.positions
+
+
+def assert_same(out, ref, stress=True):
+    torch.testing.assert_close(out["energy"], ref["energy"], rtol=0, atol=ATOL)
+    torch.testing.assert_close(out["forces"], ref["forces"], rtol=0, atol=ATOL)
+    if stress:
+        torch.testing.assert_close(out["stress"], ref["stress"], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(lmax=2, lmax_sh=3, correlation=3, num_interactions=2),
+                                       dict(lmax=0, lmax_sh=1, correlation=1)])
+def test_padded_step_equals_eager_forward(overrides):
+    model = make_model(**overrides)
+    atoms_list = structures()
+    step, positions = static_for(model, atoms_list, skin=0.7, stress=True)
+    out = step(positions)
+    assert step.num_pad_edges > step.num_edges > 0  # padding present, and the list has a skin
+    assert_same(out, eager(model, atoms_list))
+    torch.testing.assert_close(out["node_energy"], eager(model, atoms_list)["node_energy"], rtol=0, atol=ATOL)
+
+
+def test_padding_amount_does_not_change_results(model):
+    atoms_list = structures()
+    small, positions = static_for(model, atoms_list, skin=0.0, stress=True, headroom=1.0)
+    large, _ = static_for(model, atoms_list, skin=0.0, stress=True, headroom=4.0)
+    a, b = small(positions), large(positions)
+    assert large.num_pad_edges > 3 * small.num_edges
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=ATOL)
+
+
+def test_verlet_reuse_rebuild_and_bucket_overflow(model):
+    atoms_list = structures()
+    step, positions = static_for(model, atoms_list, skin=0.6, stress=True, headroom=1.0)
+    step(positions)
+    assert step.rebuilds == 1
+    rng = np.random.default_rng(0)
+    # small moves (< skin/2): the list is reused and results still equal a fresh eager evaluation
+    moved = [a.copy() for a in atoms_list]
+    for a in moved:
+        a.positions += rng.uniform(-0.15, 0.15, size=a.positions.shape)
+    pos = torch.tensor(np.concatenate([a.positions for a in moved]))
+    assert_same(step(pos), eager(model, moved))
+    assert step.rebuilds == 1
+    # one atom of the cubic cell moves 0.4 Å > skin/2: rebuild (outside the cell too: positions are not wrapped)
+    moved[0].positions[0] += [0.4, 0.0, -3.0]
+    pos = torch.tensor(np.concatenate([a.positions for a in moved]))
+    assert_same(step(pos), eager(model, moved))
+    assert step.rebuilds == 2
+    # compress everything: more edges than the bucket holds -> new buffers, same numbers
+    pad_before = step.num_pad_edges
+    for a in moved:
+        if a.pbc.all():
+            a.set_cell(a.cell[:] * 0.75, scale_atoms=True)
+    pos = torch.tensor(np.concatenate([a.positions for a in moved]))
+    batch = data.Batch.from_atoms(moved, model.r_max)
+    step.set_cell(batch.cell)
+    assert_same(step(pos), eager(model, moved))
+    assert step.num_edges > pad_before and step.num_pad_edges > step.num_edges
+
+
+def test_cell_change_is_seen(model):
+    """NPT-like strain of a triclinic cell without moving atoms beyond the skin: set_cell forces a rebuild."""
+    atoms_list = structures()[:2]
+    step, positions = static_for(model, atoms_list, skin=0.5, stress=True)
+    step(positions)
+    strained = [a.copy() for a in atoms_list]
+    for a in strained:
+        a.set_cell(a.cell[:] @ np.array([[1.02, 0.01, 0.0], [0.0, 0.99, 0.0], [0.0, 0.0, 1.01]]), scale_atoms=True)
+    batch = data.Batch.from_atoms(strained, model.r_max)
+    step.set_cell(batch.cell)
+    assert_same(step(batch.positions), eager(model, strained))
+    assert step.rebuilds == 2
+
+
+def test_molecules_brute_force_group_matches_vesin(model):
+    from ase.build import molecule
+
+    mols = [molecule(name) for name in ("CH4", "H2O", "CH3CH2OH", "CO2", "H2O")]
+    for k, m in enumerate(mols):
+        m.positions += 7.0 * k  # any absolute placement
+    step, positions = static_for(model, mols, skin=0.5)
+    assert step.neighbors.group == list(range(len(mols)))
+    assert_same(step(positions), eager(model, mols, stress=False), stress=False)
+    senders, receivers, shifts = step.neighbors.edges
+    batch = data.Batch.from_atoms(mols, model.r_max + 0.5)
+    assert torch.equal(senders, batch.senders) and torch.equal(receivers, batch.receivers)
+    assert not shifts.any()
+
+
+def test_unknown_element_and_cpu_graph_errors(model):
+    from ase.build import molecule
+
+    with pytest.raises(ValueError, match="Fe"):
+        static_for(model, [molecule("H2O"), __import__("ase").Atoms("Fe2", positions=[[0, 0, 0], [2, 0, 0]])])
+    with pytest.raises(ValueError, match="cuda_graph"):
+        static_for(model, [molecule("H2O")], cuda_graph=True)
