@@ -1,0 +1,391 @@
+"""The training run behind `python train.py --config X.yaml`.
+
+`run(cfg, restart=False)`:
+  1. checks the inputs and fails before training (device, files, labels vs loss weights, elements, batch size);
+  2. reads and splits the data and computes the model's data-derived inputs (potential.trainset);
+  3. trains with Adam/AdamW, a linear warmup (LinearLR, per optimizer step) then ReduceLROnPlateau (per
+     validation) or CosineAnnealingLR (per epoch), gradient clipping, an EMA of the weights
+     (torch.optim.swa_utils.AveragedModel) used for validation and export, and an optional second stage;
+  4. writes into output_dir: config.yaml, train.log, metrics.csv (one row per epoch), model.pt (best EMA
+     model by validation loss, potential.save_model), checkpoint.pt (every epoch, atomic) and, at the end,
+     test_metrics.json (best model on the validation and test sets).
+
+Restarts are exact: data order depends only on (seed, epoch) (the sampler's generator is reseeded every epoch)
+and the checkpoint holds model, EMA, optimizer, schedulers, RNG states and counters. Distributed data
+parallel runs start under torchrun (WORLD_SIZE > 1): each process takes batch_size structures per step, the
+gradients are averaged with all_reduce, and rank 0 validates-writes everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import data
+import potential
+from potential.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from potential.config import ConfigError, TrainConfig, config_to_dict, dump_config
+from potential.metrics import METRIC_NAMES, ErrorMetrics, LossWeights, compute_loss, format_header, format_row
+from potential.trainset import data_statistics, prepare_data
+
+__all__ = ["CSV_FIELDS", "TrainingError", "resolve_device", "evaluate_model", "Trainer", "run"]
+
+_RESTART_KEYS = ("data", "model", "seed", "dtype")   # must match between a checkpoint and a restart
+CSV_FIELDS = (["epoch", "step", "stage", "lr", "time_s"] + [f"train_{k}" for k, _ in METRIC_NAMES]
+              + [f"valid_{k}" for k, _ in METRIC_NAMES])   # metrics.csv columns; errors in meV units
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (non-finite loss or gradient); the message names the batch's structure indices."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no CUDA GPU is available "
+                          "(torch.cuda.is_available() is False); use device: cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _loader(structures, batch_size, cutoff, num_workers, generator=None, sampler=None) -> DataLoader:
+    """Batches of data.collate (neighbor lists computed in the workers); shuffled when a generator is given."""
+    return DataLoader(structures, batch_size=batch_size, shuffle=generator is not None and sampler is None,
+                      sampler=sampler, generator=generator, num_workers=num_workers,
+                      collate_fn=functools.partial(data.collate, cutoff=cutoff), drop_last=False)
+
+
+def evaluate_model(model, loader, device, dtype, weights: LossWeights, forces: bool, stress: bool) -> dict:
+    """Metrics (potential.metrics.METRIC_NAMES) of `model` over every batch of `loader`."""
+    metrics = ErrorMetrics(device)
+    model.eval()
+    for batch in loader:
+        batch = batch.to(device=device, dtype=dtype)
+        out = model(batch, forces=forces, stress=stress, training=False)
+        loss, _ = compute_loss(batch, out, weights)
+        metrics.update(batch, out, loss)
+    return metrics.compute()
+
+
+def _has(structures, label: str) -> bool:
+    return any(getattr(s, label) is not None for s in structures)
+
+
+class Trainer:
+    """One training run; `Trainer(cfg, restart).train()`."""
+
+    def __init__(self, cfg: TrainConfig, restart: bool = False, overwrite: bool = False):
+        self.cfg, t = cfg, cfg.training
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = resolve_device(cfg.device)
+        if self.world > 1:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.main = self.rank == 0
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.out = Path(cfg.output_dir)
+        self.ckpt_path, self.model_path = self.out / "checkpoint.pt", self.out / "model.pt"
+        if not restart and self.ckpt_path.exists() and not overwrite:
+            raise ConfigError(f"output_dir: '{self.out}' already holds a run (checkpoint.pt); pass --restart to "
+                              f"resume it, --overwrite to start again, or --set output_dir=<new folder>")
+        ckpt = load_checkpoint(self.ckpt_path) if restart else None
+        if ckpt is not None:
+            old = ckpt["config"]
+            new = config_to_dict(cfg)
+            changed = [k for k in _RESTART_KEYS if old.get(k) != new.get(k)]
+            if changed:
+                raise ConfigError(f"--restart: the config's {', '.join(changed)} differ from those of "
+                                  f"'{self.ckpt_path}'; only training settings may change on a restart")
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not restart:
+                for name in ("metrics.csv", "train.log", "test_metrics.json", "model.pt"):
+                    (self.out / name).unlink(missing_ok=True)
+        self.sets = prepare_data(cfg, log=self.log)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        if ckpt is not None:
+            self.stats = ckpt["stats"]
+        else:
+            self.stats = data_statistics(cfg, self.sets, log=self.log)
+        model_dict = {k: v for k, v in config_to_dict(cfg.model).items() if v is not None}
+        model_dict.update(self.stats, dtype=cfg.dtype)
+        try:
+            model_config = potential.ModelConfig.from_dict(model_dict)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from e
+        self.model = potential.Potential(model_config).to(self.device)
+        if self.world > 1:
+            for p in self.model.parameters():
+                dist.broadcast(p.data, 0)
+        self.ema = None if t.ema_decay is None else AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+        params = list(self.model.parameters())
+        opt = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad)
+        self.warmup = None if t.warmup_steps == 0 else torch.optim.lr_scheduler.LinearLR(
+            self.optimizer, start_factor=1.0 / (t.warmup_steps + 1), end_factor=1.0, total_iters=t.warmup_steps)
+        if t.scheduler == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, factor=t.lr_factor, patience=t.patience, min_lr=t.min_lr)
+        elif t.scheduler == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=t.max_epochs, eta_min=t.min_lr)
+        else:
+            self.scheduler = None
+        # data order: reseeded from (seed, epoch) at every epoch, so it survives restarts
+        self.generator = torch.Generator()
+        self.sampler = None
+        if self.world > 1:
+            self.sampler = torch.utils.data.DistributedSampler(self.sets.train, num_replicas=self.world,
+                                                               rank=self.rank, shuffle=True, seed=cfg.seed)
+        r_max = model_config.r_max
+        self.train_loader = _loader(self.sets.train, t.batch_size, r_max, cfg.num_workers, self.generator,
+                                    self.sampler)
+        vbs = t.valid_batch_size or t.batch_size
+        self.valid_loader = _loader(self.sets.valid, vbs, r_max, cfg.num_workers)
+        self.test_loader = _loader(self.sets.test, vbs, r_max, cfg.num_workers) if self.sets.test else None
+        self.epoch, self.step, self.stage = 0, 0, 1
+        self.best_loss, self.best_epoch, self.elapsed = math.inf, 0, 0.0
+        self.weights = LossWeights(t.energy_weight, t.forces_weight, t.stress_weight, t.huber_delta)
+        if ckpt is not None:
+            self._load_state(ckpt)
+        elif self.main:
+            dump_config(cfg, self.out / "config.yaml")
+        n_params = sum(p.numel() for p in params)
+        self.log(f"model: {n_params} parameters, {cfg.dtype}, on {self.device}; "
+                 f"{len(self.train_loader)} steps per epoch" + (f", {self.world} processes" if self.world > 1 else ""))
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def log(self, msg: str) -> None:
+        if not self.main:
+            return
+        tqdm.write(msg)
+        if self.out.is_dir():
+            with open(self.out / "train.log", "a") as f:
+                f.write(msg + "\n")
+
+    @property
+    def export_model(self):
+        return self.model if self.ema is None else self.ema.module
+
+    def _state(self) -> dict:
+        return {
+            "config": config_to_dict(self.cfg), "stats": self.stats, "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "warmup": None if self.warmup is None else self.warmup.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": rng_state(), "epoch": self.epoch, "step": self.step, "stage": self.stage,
+            "best_loss": self.best_loss, "best_epoch": self.best_epoch, "elapsed": self.elapsed,
+        }
+
+    def _load_state(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        if self.ema is not None and s["ema"] is not None:
+            self.ema.load_state_dict(s["ema"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        for name in ("warmup", "scheduler"):
+            if getattr(self, name) is not None and s[name] is not None:
+                getattr(self, name).load_state_dict(s[name])
+        set_rng_state(s["rng"])
+        self.epoch, self.step, self.stage = s["epoch"], s["step"], s["stage"]
+        self.best_loss, self.best_epoch, self.elapsed = s["best_loss"], s["best_epoch"], s["elapsed"]
+        if self.stage == 2:
+            self._set_stage_weights()
+        if self.main:  # drop metric rows of epochs after the checkpoint (a run killed between the two writes)
+            path = self.out / "metrics.csv"
+            if path.exists():
+                rows = list(csv.reader(open(path)))
+                keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= self.epoch]
+                with open(path, "w", newline="") as f:
+                    csv.writer(f).writerows(keep)
+        self.log(f"restarted from '{self.ckpt_path}' after epoch {self.epoch} (step {self.step}, stage {self.stage})")
+
+    def _set_stage_weights(self) -> None:
+        s, t = self.cfg.training.stage_two, self.cfg.training
+        self.weights = LossWeights(s.energy_weight, s.forces_weight,
+                                   t.stress_weight if s.stress_weight is None else s.stress_weight, t.huber_delta)
+
+    def _stage_two_due(self) -> bool:
+        t = self.cfg.training
+        s = t.stage_two
+        if s is None or self.stage == 2:
+            return False
+        if s.start_epoch is not None:
+            return self.epoch >= s.start_epoch
+        if t.max_epochs is not None:
+            return self.epoch >= int(round(s.start_fraction * t.max_epochs))
+        return self.elapsed >= s.start_fraction * t.time_budget_minutes * 60
+
+    def _stop_due(self, last_epoch_s: float) -> bool:
+        t = self.cfg.training
+        if t.max_epochs is not None and self.epoch >= t.max_epochs:
+            return True
+        return t.time_budget_minutes is not None and self.elapsed + last_epoch_s > 60 * t.time_budget_minutes
+
+    def _nonfinite(self, what: str, value: float, batch) -> None:
+        rows = batch.index.tolist()
+        kept = (f"the last good checkpoint '{self.ckpt_path}' (after epoch {self.epoch}) is kept"
+                if self.ckpt_path.exists() else "no checkpoint had been written yet")
+        raise TrainingError(f"non-finite {what} ({value}) at epoch {self.epoch + 1}, step {self.step + 1}: "
+                            f"batch of structures {rows} (rows of '{self.sets.train_source}'); training stopped, "
+                            f"{kept}. Lower training.lr, set training.clip_grad_norm, or check those structures.")
+
+    # ---------------------------------------------------------------------------------------------- loop
+
+    def _train_epoch(self) -> dict:
+        t = self.cfg.training
+        w = self.weights
+        need_f = w.forces > 0 and _has(self.sets.train, "forces")
+        need_s = w.stress > 0 and _has(self.sets.train, "stress")
+        seed = int(np.random.SeedSequence([self.cfg.seed, self.epoch]).generate_state(1, np.uint64)[0])
+        self.generator.manual_seed(seed)
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        metrics = ErrorMetrics(self.device)
+        params = list(self.model.parameters())
+        self.model.train()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=None if self.main else True)
+        for batch in bar:
+            batch = batch.to(device=self.device, dtype=self.dtype)
+            out = self.model(batch, forces=need_f, stress=need_s, training=True)
+            loss, _ = compute_loss(batch, out, w)
+            bad = torch.tensor(float(not torch.isfinite(loss)), device=self.device)
+            if self.world > 1:
+                dist.all_reduce(bad)
+            if bad.item():
+                self._nonfinite("loss", loss.item(), batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.world > 1:
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world
+            norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm or math.inf)
+            if not torch.isfinite(norm):
+                self._nonfinite("gradient norm", norm.item(), batch)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            if self.warmup is not None and self.step <= t.warmup_steps and self.stage == 1:
+                self.warmup.step()
+            metrics.update(batch, out, loss)
+            bar.set_postfix(loss=f"{loss.item():.4g}")
+        if self.world > 1:
+            dist.all_reduce(metrics.sums)
+        return metrics.compute()
+
+    def _validate(self) -> dict:
+        v = self.sets.valid
+        return evaluate_model(self.export_model, self.valid_loader, self.device, self.dtype, self.weights,
+                              forces=_has(v, "forces"), stress=_has(v, "stress"))
+
+    def _keep_best(self, valid: dict) -> None:
+        """Save the exported (EMA) model as model.pt when its validation loss is the best of this stage."""
+        if valid["loss"] is not None and valid["loss"] < self.best_loss:
+            self.best_loss, self.best_epoch = valid["loss"], self.epoch
+            if self.main:
+                potential.save_model(self.export_model, self.model_path,
+                                     extra={"epoch": self.epoch, "stage": self.stage, "valid": valid})
+
+    def _end_of_epoch(self, train: dict, valid: dict | None, seconds: float) -> None:
+        """Keep the best model, append to metrics.csv, print the table row, write checkpoint.pt."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if valid is not None:
+            self._keep_best(valid)
+        if not self.main:
+            return
+        row = {"epoch": self.epoch, "step": self.step, "stage": self.stage, "lr": lr, "time_s": round(seconds, 3)}
+        row.update({f"train_{k}": v for k, v in train.items()})
+        row.update({f"valid_{k}": v for k, v in (valid or {}).items()})
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
+        table = {"epoch": self.epoch, "lr": lr, "train_loss": train["loss"], "time": seconds}
+        if valid is not None:
+            table.update(valid, valid_loss=valid["loss"])
+        self.log(format_row(table) + (" *" if valid is not None and self.best_epoch == self.epoch else ""))
+        save_checkpoint(self.ckpt_path, self._state())
+
+    def train(self) -> dict:
+        """Train until max_epochs or the time budget; then evaluate the best model. Returns the final metrics."""
+        t = self.cfg.training
+        self.log(format_header())
+        last_epoch_s, validated = 0.0, True
+        while not self._stop_due(last_epoch_s):
+            if self._stage_two_due():
+                self.stage = 2
+                self._set_stage_weights()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = t.stage_two.lr
+                self.best_loss = math.inf  # losses of the two stages use different weights
+                self.log(f"stage two from epoch {self.epoch + 1}: lr {t.stage_two.lr}, weights {self.weights}")
+            start = time.perf_counter()
+            train = self._train_epoch()
+            self.epoch += 1
+            validated = self.epoch % t.eval_every == 0 or (t.max_epochs is not None and self.epoch >= t.max_epochs)
+            valid = self._validate() if validated else None
+            if self.scheduler is not None and self.stage == 1:
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    if valid is not None:
+                        self.scheduler.step(valid["loss"])
+                else:
+                    self.scheduler.step()
+            last_epoch_s = time.perf_counter() - start
+            self.elapsed += last_epoch_s
+            self._end_of_epoch(train, valid, last_epoch_s)
+        if not validated or not self.model_path.exists():  # stopped by the time budget between validations
+            self._keep_best(self._validate())
+        result = self.final_evaluation() if self.main else {}
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        return result
+
+    def final_evaluation(self) -> dict:
+        """Best model (model.pt) on the validation and test sets -> printed table and test_metrics.json."""
+        best = potential.load_model(self.model_path, device=self.device)
+        result = {"best_epoch": self.best_epoch}
+        for name, loader, structures in (("valid", self.valid_loader, self.sets.valid),
+                                         ("test", self.test_loader, self.sets.test)):
+            if loader is not None:
+                result[name] = evaluate_model(best, loader, self.device, self.dtype, self.weights,
+                                              forces=_has(structures, "forces"), stress=_has(structures, "stress"))
+        self.log(f"best model (epoch {self.best_epoch}) saved to '{self.model_path}':")
+        for name in ("valid", "test"):
+            if name in result:
+                self.log(f"  {name:5s} " + ", ".join(f"{k} {v:.3f}" for k, v in result[name].items()
+                                                     if v is not None and k != "loss")
+                         + "  (meV/atom, meV, meV/Å, meV/Å^3)")
+        with open(self.out / "test_metrics.json", "w") as f:
+            json.dump(result, f, indent=2)
+        return result
+
+
+def run(cfg: TrainConfig, restart: bool = False, overwrite: bool = False) -> dict:
+    """Train as configured (see the module docstring); returns {"best_epoch", "valid": metrics, "test": ...}."""
+    return Trainer(cfg, restart=restart, overwrite=overwrite).train()
