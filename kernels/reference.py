@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .cg import ConvSpec, conv_coupling, num_components, wigner_3j
+from .cg import ConvSpec, conv_coupling, wigner_3j
 from .checks import check_edge_conv, check_spherical_harmonics, check_symmetric_contraction
 from .coupling import ContractionSpec, folded_coupling
 from .graph import Graph
@@ -256,4 +256,4 @@ def symmetric_contraction(node_feats: torch.Tensor, species: torch.Tensor, weigh
     return _take_rows(out, inverse)
 
 
-__all__ = ["spherical_harmonics", "edge_conv", "symmetric_contraction", "num_components"]
+__all__ = ["spherical_harmonics", "edge_conv", "symmetric_contraction"]
