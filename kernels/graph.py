@@ -39,8 +39,9 @@ def make_graph(senders: torch.Tensor, receivers: torch.Tensor, num_nodes: int, *
     """Build the Graph from edge lists senders [E], receivers [E] (integer tensors, same device).
 
     Validates: 1-D, same length, integer dtype, 0 <= index < num_nodes, receivers non-decreasing
-    (ValueError otherwise). check=False skips the value checks (they synchronise a GPU); shapes and dtypes
-    are always checked. Zero edges and nodes without edges are fine."""
+    (ValueError otherwise). The value checks cost one device synchronisation; check=False skips them (for
+    edges that are valid by construction); shapes and dtypes are always checked. Zero edges and nodes
+    without edges are fine."""
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
         raise ValueError(f"make_graph: num_nodes must be an int >= 0, got {num_nodes!r}")
     for name, t in (("senders", senders), ("receivers", receivers)):
@@ -56,18 +57,21 @@ def make_graph(senders: torch.Tensor, receivers: torch.Tensor, num_nodes: int, *
     receivers = receivers.to(torch.int64).contiguous()
     num_edges = senders.shape[0]
     if check and num_edges:
-        for name, t in (("senders", senders), ("receivers", receivers)):
-            lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi >= num_nodes:
-                raise ValueError(f"make_graph: {name} out of range [0, {num_nodes}): min {lo}, max {hi}")
+        # one device sync for the common (valid) case; the details are computed only on failure
+        bad = (senders.min() < 0) | (senders.max() >= num_nodes)
+        bad = bad | (receivers.min() < 0) | (receivers.max() >= num_nodes)
         if num_edges > 1:
-            bad = torch.nonzero(receivers[1:] < receivers[:-1])
-            if bad.numel():
-                e = int(bad[0, 0])
-                raise ValueError(
-                    f"make_graph: receivers must be sorted (non-decreasing); receivers[{e}] = "
-                    f"{int(receivers[e])} > receivers[{e + 1}] = {int(receivers[e + 1])}"
-                )
+            bad = bad | (receivers[1:] < receivers[:-1]).any()
+        if bool(bad):
+            for name, t in (("senders", senders), ("receivers", receivers)):
+                lo, hi = int(t.min()), int(t.max())
+                if lo < 0 or hi >= num_nodes:
+                    raise ValueError(f"make_graph: {name} out of range [0, {num_nodes}): min {lo}, max {hi}")
+            e = int(torch.nonzero(receivers[1:] < receivers[:-1])[0, 0])
+            raise ValueError(
+                f"make_graph: receivers must be sorted (non-decreasing); receivers[{e}] = "
+                f"{int(receivers[e])} > receivers[{e + 1}] = {int(receivers[e + 1])}"
+            )
     send_perm = torch.argsort(senders, stable=True)
     return Graph(
         senders=senders,
