@@ -1,4 +1,4 @@
-"""Spherical harmonics l <= 3 as generated Triton kernels (forward and first derivative).
+"""Spherical harmonics (any lmax; l <= 3 in the model) as generated Triton kernels (forward and first derivative).
 
 Convention (CONTRACT kernels): real harmonics of the unit vector u = v/|v|, e3nn order
 (l major, m = -l..l), "component" normalisation (each l block has squared norm 2l+1).
@@ -18,11 +18,10 @@ from functools import lru_cache
 
 import torch
 
-from .codegen import lit, load_source
+from .codegen import lit, load_source, next_pow2
 
 Poly = dict  # {(a, b, c): coeff} for ux^a uy^b uz^c
 
-MAX_L = 3
 
 
 def _mul(p: Poly, q: Poly) -> Poly:
@@ -49,9 +48,10 @@ def _sc(s: float, p: Poly) -> Poly:
 
 @lru_cache(maxsize=None)
 def sh_polys(lmax: int) -> tuple:
-    """Tuple of (lmax+1)**2 polynomials, e3nn's `_spherical_harmonics` formulas, l <= 3."""
-    if not 0 <= lmax <= MAX_L:
-        raise ValueError(f"kernels/triton/sh.py: lmax={lmax} outside 0..{MAX_L}")
+    """Tuple of (lmax+1)**2 polynomials: e3nn's `_spherical_harmonics` formulas for l <= 3, and above
+    that the reference's recursion Y^{l+1}(u) = (Y^l(u) kron u) @ G_l (kernels.reference._sh_recursion)."""
+    if lmax < 0:
+        raise ValueError(f"kernels/triton/sh.py: lmax must be >= 0, got {lmax}")
     X, Y, Z = {(1, 0, 0): 1.0}, {(0, 1, 0): 1.0}, {(0, 0, 1): 1.0}
     out = [{(0, 0, 0): 1.0}]
     if lmax >= 1:
@@ -74,7 +74,16 @@ def sh_polys(lmax: int) -> tuple:
             _sc(math.sqrt(7), _mul(s24, Y)),
             _sc(math.sqrt(42) / 6, _add(_mul(s24, Z), _mul(s20, X), w=[1.0, -1.0])),
         ]
-    return tuple(out)
+    if lmax >= 4:
+        from ..reference import _sh_recursion
+        u = (X, Y, Z)
+        for l in range(3, lmax):
+            g = _sh_recursion(l)  # [(2l+1)*3, 2l+3], row (i, a)
+            prev = out[l * l:(l + 1) ** 2]
+            out += [_add(*[_sc(float(g[3 * i + a, j]), _mul(prev[i], u[a]))
+                           for i in range(2 * l + 1) for a in range(3) if g[3 * i + a, j] != 0.0])
+                    for j in range(2 * l + 3)]
+    return tuple(out[: (lmax + 1) ** 2])
 
 
 def _deriv(p: Poly, axis: int) -> Poly:
@@ -166,7 +175,7 @@ def _launch(kern, v, a, b, lmax):
     if E == 0:
         return
     K = (lmax + 1) ** 2
-    kp = 4 if K <= 4 else 16
+    kp = 4 if K <= 4 else next_pow2(K)
     kern[(triton_cdiv(E, BLOCK),)](v, a, b, E, BLOCK=BLOCK, KP=kp, num_warps=4)
 
 

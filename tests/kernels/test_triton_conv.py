@@ -1,0 +1,106 @@
+"""Triton edge_conv vs the reference: values, first and second derivatives (float64), gradcheck and
+gradgradcheck, empty graphs and isolated atoms, float32 error bound, bitwise determinism.
+CPU (interpreter) budget: ~60 s; on a GPU the same tests run at real sizes."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+
+_spec = importlib.util.spec_from_file_location("tumbler_triton_common", Path(__file__).with_name("_triton_common.py"))
+T = sys.modules.setdefault("tumbler_triton_common", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(T)
+
+pytestmark = T.requires_triton
+# (nodes, edges, channels, isolated nodes): awkward sizes (odd channels, not block multiples)
+N, E, C, ISO = (3001, 60_017, 33, 50) if T.GPU else (9, 23, 5, 2)
+SPECS = [(0, 0, 0), (1, 2, 1), (1, 3, 3), (2, 3, 3)] + ([(3, 3, 3), (2, 2, 2)] if T.GPU else [])
+
+
+def _inputs(spec, dtype=torch.float64, seed=0, graph=None):
+    graph = graph if graph is not None else T.random_graph(N, E, seed=seed, isolated=ISO)
+    e = graph.senders.shape[0]
+    h = T.randn(N, spec.dim_in, C, seed=seed + 1, dtype=dtype, requires_grad=True)
+    y = T.randn(e, spec.dim_sh, seed=seed + 2, dtype=dtype, requires_grad=True)
+    w = T.randn(e, spec.num_paths, C, seed=seed + 3, dtype=dtype, requires_grad=True)
+    return h, y, w, graph
+
+
+def _derivatives(ops, spec, h, y, w, graph):
+    """out, first derivatives (h, y, w) for a random cotangent, second derivatives of a random
+    functional of the first ones (the force-training pattern)."""
+    out = ops.edge_conv(h, y, w, graph, spec)
+    g = T.randn(*out.shape, seed=11, dtype=out.dtype)
+    first = torch.autograd.grad(out, (h, y, w), g, create_graph=True)
+    probes = [T.randn(*f.shape, seed=12 + i, dtype=f.dtype) for i, f in enumerate(first)]
+    scalar = sum((f * p).sum() for f, p in zip(first, probes))
+    second = torch.autograd.grad(scalar, (h, y, w), allow_unused=True)
+    return out, first, second
+
+
+@pytest.mark.parametrize("lmaxes", SPECS, ids=lambda s: "l{}-{}-{}".format(*s))
+def test_matches_reference_to_second_order(lmaxes):
+    spec = kernels.ConvSpec(*lmaxes)
+    h, y, w, graph = _inputs(spec)
+    out, first, second = _derivatives(T.ops(), spec, h, y, w, graph)
+    out_r, first_r, second_r = _derivatives(T.ref(), spec, h, y, w, graph)
+    assert T.rel_err(out, out_r) < 1e-13
+    assert torch.all(out[-ISO:] == 0)  # isolated atoms receive nothing
+    for a, b in zip(first, first_r):
+        assert T.rel_err(a, b) < 1e-13
+    for a, b in zip(second, second_r):
+        if b is None:
+            assert a is None or torch.all(a == 0)
+        else:
+            assert T.rel_err(a, b) < 1e-12
+
+
+def test_gradcheck_and_gradgradcheck():
+    spec = kernels.ConvSpec(1, 1, 1)
+    graph = T.random_graph(3, 5, seed=3, isolated=1)
+    g = torch.Generator().manual_seed(4)
+    args = [torch.randn(3, spec.dim_in, 2, generator=g, dtype=torch.float64),
+            torch.randn(5, spec.dim_sh, generator=g, dtype=torch.float64),
+            torch.randn(5, spec.num_paths, 2, generator=g, dtype=torch.float64)]
+    args = [a.to(T.DEVICE).requires_grad_(True) for a in args]
+    f = lambda h, y, w: T.ops().edge_conv(h, y, w, graph, spec)  # noqa: E731
+    assert torch.autograd.gradcheck(f, args, fast_mode=not T.GPU)
+    assert torch.autograd.gradgradcheck(f, args, fast_mode=not T.GPU)
+
+
+def test_zero_edges():
+    spec = kernels.ConvSpec(1, 2, 2)
+    empty = torch.zeros(0, dtype=torch.int64, device=T.DEVICE)
+    graph = kernels.make_graph(empty, empty, 4)
+    h = T.randn(4, spec.dim_in, 3, requires_grad=True)
+    y = torch.zeros(0, spec.dim_sh, dtype=torch.float64, device=T.DEVICE, requires_grad=True)
+    w = torch.zeros(0, spec.num_paths, 3, dtype=torch.float64, device=T.DEVICE, requires_grad=True)
+    out = T.ops().edge_conv(h, y, w, graph, spec)
+    assert out.shape == (4, spec.dim_out, 3) and torch.all(out == 0)
+    gh, gy, gw = torch.autograd.grad(out.sum(), (h, y, w))
+    assert torch.all(gh == 0) and gy.shape == y.shape and gw.shape == w.shape
+
+
+def test_float32_error_bound_and_determinism():
+    spec = kernels.ConvSpec(1, 3, 3)
+    h, y, w, graph = _inputs(spec, seed=5)
+    out64, first64, _ = _derivatives(T.ref(), spec, h, y, w, graph)
+    args32 = [t.detach().float().requires_grad_(True) for t in (h, y, w)]
+    runs = []
+    for _ in range(2):
+        out = T.ops().edge_conv(*args32, graph, spec)
+        g = T.randn(*out.shape, seed=11, dtype=torch.float32)
+        first = torch.autograd.grad(out, args32, g)
+        runs.append((out, first))
+    (out, first), (out2, first2) = runs
+    assert out.dtype == torch.float32
+    # float32 bound: sums of O(degree * paths) products, relative error a few eps (6e-8)
+    assert T.rel_err(out, out64) < 2e-6
+    for a, b in zip(first, first64):
+        assert T.rel_err(a, b) < 2e-6
+    assert torch.equal(out, out2)  # bitwise, run to run: no atomics, fixed summation order
+    for a, b in zip(first, first2):
+        assert torch.equal(a, b)
