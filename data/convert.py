@@ -2,14 +2,14 @@
 
     python -m data.convert IN OUT.h5 [--energy-key K] [--forces-key K] [--stress-key K]
         [--virial-key K] [--format auto|ase|ani|deepmd|mlearn|tumbler] [--limit N]
-        [--allow-missing energy|forces ...] [--config-type LABEL]
+        [--allow-missing energy|forces ...] [--config-type LABEL] [--type-map O,H]
 
 Formats (units and the checks behind them: data/readers.py):
   ase      anything ase.io.read understands (extxyz, ...); labels are looked up by key
            in atoms.info, atoms.arrays, then the calculator results. Defaults:
            energy, forces, stress, virial (virial in eV -> stress = -virial/volume).
   ani      ANI-1 layout HDF5 (Hartree, Hartree/Bohr -> eV, eV/Å). Defaults: energies, forces.
-  deepmd   DeePMD npy system folder(s).
+  deepmd   DeePMD npy system folder(s); --type-map O,H for systems without type_map.raw.
   mlearn   Zuo et al. 2020 / mlearn JSON with outputs.virial_stress (kBar).
   tumbler  our own HDF5 (re-validated and rewritten).
   auto     a folder -> deepmd; HDF5 -> tumbler or ani; mlearn-style .json -> mlearn; else ase.
@@ -64,12 +64,14 @@ def _require(structures: list[Structure], keys: list[list[str]], require, key_na
 
 def read_structures(path, format: str = "auto", energy_key: str | None = None, forces_key: str | None = None,
                     stress_key: str | None = None, virial_key: str | None = None, limit: int | None = None,
-                    require=(), config_type: str | None = None, validate: bool = True) -> list[Structure]:
+                    require=(), config_type: str | None = None, validate: bool = True,
+                    type_map=None) -> list[Structure]:
     """Read any supported file into validated Structures (tumbler units).
 
     `require` lists labels ("energy", "forces") that every structure must carry
     (forces are never required of single-atom structures). `config_type` overrides
     the label of every structure. Keys left as None use each format's defaults.
+    `type_map` lists DeePMD element symbols by type index (for systems without type_map.raw).
     """
     path = str(path)
     if not os.path.exists(path):
@@ -89,7 +91,7 @@ def read_structures(path, format: str = "auto", energy_key: str | None = None, f
         structures, keys = read_ani(path, names["energy"], names["forces"], limit=limit)
     elif fmt == "deepmd":
         names = {"energy": "energy.npy", "forces": "force.npy"}
-        structures, keys = read_deepmd(path, limit=limit)
+        structures, keys = read_deepmd(path, limit=limit, type_map=type_map)
     elif fmt == "mlearn":
         names = {"energy": "outputs.energy", "forces": "outputs.forces"}
         structures, keys = read_mlearn_json(path, limit=limit)
@@ -109,14 +111,14 @@ def read_structures(path, format: str = "auto", energy_key: str | None = None, f
 
 
 def convert(input_path, output_path, format: str = "auto", energy_key=None, forces_key=None, stress_key=None,
-            virial_key=None, limit=None, allow_missing=(), config_type=None) -> list[Structure]:
+            virial_key=None, limit=None, allow_missing=(), config_type=None, type_map=None) -> list[Structure]:
     """Read `input_path`, require energy and forces (unless allowed missing), write `output_path`."""
     if os.path.abspath(input_path) == os.path.abspath(output_path):
         raise DataError(f"{output_path}: output would overwrite the input")
     require = tuple(label for label in LABELS if label not in set(allow_missing))
     structures = read_structures(input_path, format=format, energy_key=energy_key, forces_key=forces_key,
                                  stress_key=stress_key, virial_key=virial_key, limit=limit, require=require,
-                                 config_type=config_type)
+                                 config_type=config_type, type_map=type_map)
     if not structures:
         raise DataError(f"{input_path}: no structures found")
     write_dataset(output_path, structures, source=os.path.abspath(input_path))
@@ -133,7 +135,8 @@ def summary(structures: list[Structure], output_path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="input file or DeePMD folder")
     parser.add_argument("output", help="output tumbler HDF5 file")
     parser.add_argument("--format", default="auto", choices=FORMATS)
@@ -145,11 +148,13 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-missing", action="append", default=[], choices=LABELS,
                         help="allow structures without this label (repeatable)")
     parser.add_argument("--config-type", default=None, help="set this config_type on every structure")
+    parser.add_argument("--type-map", default=None, help="DeePMD elements by type index, e.g. O,H (when type_map.raw is absent)")
     args = parser.parse_args(argv)
     try:
         structures = convert(args.input, args.output, format=args.format, energy_key=args.energy_key,
                              forces_key=args.forces_key, stress_key=args.stress_key, virial_key=args.virial_key,
-                             limit=args.limit, allow_missing=args.allow_missing, config_type=args.config_type)
+                             limit=args.limit, allow_missing=args.allow_missing, config_type=args.config_type,
+                             type_map=None if args.type_map is None else args.type_map.split(","))
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -129,19 +129,27 @@ def _load_npy(path: Path, rows: int, cols: int, context: str):
     return arr.reshape(rows, cols)
 
 
-def read_deepmd(path, limit=None):
-    """DeePMD npy systems under `path` (one system folder, or a folder of systems)."""
+def read_deepmd(path, limit=None, type_map=None):
+    """DeePMD npy systems under `path` (one system folder, or a folder of systems).
+
+    `type_map` (element symbols by type index) is needed only for systems without
+    a type_map.raw; a system's own type_map.raw wins.
+    """
     root = Path(path)
     structures, keys = [], []
     for system in _deepmd_systems(root):
         types = np.loadtxt(system / "type.raw", dtype=np.int64, ndmin=1)
         type_map_file = system / "type_map.raw"
-        if not type_map_file.is_file():
-            raise DataError(f"{system}: type_map.raw missing (needed to know the elements)")
-        type_map = type_map_file.read_text().split()
-        if types.max() >= len(type_map):
-            raise DataError(f"{system}: type.raw uses type {types.max()} but type_map.raw has {len(type_map)} entries")
-        numbers = _species_to_numbers([type_map[t] for t in types], f"{system}: type_map.raw")
+        if type_map_file.is_file():
+            system_map = type_map_file.read_text().split()
+        elif type_map:
+            system_map = list(type_map)
+        else:
+            raise DataError(f"{system}: type_map.raw missing (needed to know the elements); "
+                            f"give the elements by type index, e.g. --type-map O,H")
+        if types.max() >= len(system_map):
+            raise DataError(f"{system}: type.raw uses type {types.max()} but the type map {system_map} has {len(system_map)} entries")
+        numbers = _species_to_numbers([system_map[t] for t in types], f"{system}: type map")
         n = len(numbers)
         periodic = not (system / "nopbc").exists()
         for set_dir in sorted(system.glob("set.*")):

@@ -61,3 +61,34 @@ def test_extxyz_stress_key_and_config_type(tmp_path):
     assert s.energy == -7.5 and s.config_type == "bulk"
     np.testing.assert_array_equal(s.stress, np.diag([0.001, 0.002, 0.003]))
     assert s.source == str(src) and s.index == 0
+
+
+def write_deepmd_system(root, periodic, frames=2, with_map=True):
+    rng = np.random.default_rng(0)
+    (root / "set.000").mkdir(parents=True)
+    (root / "type.raw").write_text("0 1 1\n")
+    if with_map:
+        (root / "type_map.raw").write_text("O H\n")
+    if not periodic:
+        (root / "nopbc").write_text("")
+    coord = np.array([[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], float).ravel() + rng.normal(scale=0.01, size=(frames, 9))
+    np.save(root / "set.000/coord.npy", coord)
+    np.save(root / "set.000/energy.npy", rng.normal(size=frames))
+    np.save(root / "set.000/force.npy", rng.normal(size=(frames, 9)))
+    if periodic:
+        np.save(root / "set.000/box.npy", np.tile((np.eye(3) * 5.0).ravel(), (frames, 1)))
+        np.save(root / "set.000/virial.npy", np.tile(np.diag([1.0, 2.0, 3.0]).ravel(), (frames, 1)))
+
+
+def test_deepmd_virial_nopbc_and_type_map(tmp_path):
+    write_deepmd_system(tmp_path / "all" / "bulk", periodic=True)
+    write_deepmd_system(tmp_path / "all" / "mol", periodic=False, with_map=False)
+    with pytest.raises(DataError, match="mol: type_map.raw missing .* --type-map O,H"):
+        read_structures(tmp_path / "all")
+    structures = read_structures(tmp_path / "all", type_map=["O", "H"])
+    assert [s.config_type for s in structures] == ["bulk", "bulk", "mol", "mol"]
+    bulk, mol = structures[0], structures[2]
+    assert bulk.pbc.all() and not mol.pbc.any() and np.all(mol.cell == 0)
+    np.testing.assert_allclose(bulk.stress, -np.diag([1.0, 2.0, 3.0]) / 125.0)
+    assert mol.stress is None
+    np.testing.assert_array_equal(mol.numbers, [8, 1, 1])
