@@ -152,6 +152,7 @@ class Dataset(Sequence):
             self.source = str(f.attrs.get("source", ""))
         self._file = None
         self._pid = None
+        self._arrays = {}
 
     # -------------------------------------------------------------- handles
     def _handle(self) -> h5py.File:
@@ -160,6 +161,8 @@ class Dataset(Sequence):
             # A handle inherited through fork belongs to the parent: never use or close it here.
             self._file = h5py.File(self.path, "r")
             self._pid = pid
+            # Dataset objects are cached: a name lookup costs more than the slice itself.
+            self._arrays = {k: self._file[k] for k in schema.PER_ATOM_KEYS}
         return self._file
 
     def close(self) -> None:
@@ -167,11 +170,13 @@ class Dataset(Sequence):
             self._file.close()
         self._file = None
         self._pid = None
+        self._arrays = {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_file"] = None
         state["_pid"] = None
+        state["_arrays"] = {}
         return state
 
     def __del__(self):
@@ -197,7 +202,8 @@ class Dataset(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"{self.path}: structure index {index} out of range (0..{len(self) - 1})")
-        f = self._handle()
+        self._handle()
+        f = self._arrays
         lo, hi = int(self.ptr[index]), int(self.ptr[index + 1])
         m = self._meta
         return Structure(
@@ -216,7 +222,8 @@ class Dataset(Sequence):
 
     def numbers_of(self, index: int) -> np.ndarray:
         """(n,) atomic numbers of one structure without reading its positions."""
-        return self._handle()["numbers"][int(self.ptr[index]) : int(self.ptr[index + 1])]
+        self._handle()
+        return self._arrays["numbers"][int(self.ptr[index]) : int(self.ptr[index + 1])]
 
     def __repr__(self) -> str:
         return f"Dataset({self.path!r}, structures={len(self)}, atoms={int(self.ptr[-1])})"
