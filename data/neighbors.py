@@ -129,6 +129,12 @@ def _neighbor_list_cuda(positions: torch.Tensor, cell: torch.Tensor, pbc: torch.
     return senders[order], receivers[order], shifts[order]
 
 
+def _to_tensor(x, device=None) -> torch.Tensor:
+    """x (a tensor, a numpy array, an ase.cell.Cell or a list) as a tensor, optionally on `device`."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
+    return t if device is None else t.to(device)
+
+
 def neighbor_list(positions, cell, pbc, cutoff: float):
     """Full, receiver-sorted neighbor list of one structure within `cutoff` (Å).
 
@@ -140,16 +146,14 @@ def neighbor_list(positions, cell, pbc, cutoff: float):
     """
     cutoff = float(cutoff)
     if isinstance(positions, torch.Tensor):
-        _check_inputs(positions.shape, tuple(torch.as_tensor(cell).shape), tuple(torch.as_tensor(pbc).shape), cutoff)
+        cell, pbc = _to_tensor(cell), _to_tensor(pbc)
+        _check_inputs(positions.shape, tuple(cell.shape), tuple(pbc.shape), cutoff)
         dtype, device = positions.dtype, positions.device
         if device.type == "cuda":
-            senders, receivers, shifts = _neighbor_list_cuda(positions, torch.as_tensor(cell), torch.as_tensor(pbc), cutoff)
+            senders, receivers, shifts = _neighbor_list_cuda(positions, cell, pbc, cutoff)
             return senders, receivers, shifts.to(dtype)
         senders, receivers, shifts = _neighbor_list_numpy(
-            positions.detach().cpu().numpy(),
-            torch.as_tensor(cell).detach().cpu().numpy(),
-            torch.as_tensor(pbc).detach().cpu().numpy(),
-            cutoff,
+            positions.detach().cpu().numpy(), cell.detach().cpu().numpy(), pbc.detach().cpu().numpy(), cutoff
         )
         return (
             torch.from_numpy(senders).to(device),
@@ -196,6 +200,8 @@ class VerletList:
         ref = self._ref_positions
         if ref is None or self._edges is None:
             return True
+        if isinstance(positions, torch.Tensor) != isinstance(ref, torch.Tensor):
+            return True
         if isinstance(positions, torch.Tensor):
             if ref.shape != positions.shape or ref.device != positions.device or ref.dtype != positions.dtype:
                 return True
@@ -216,8 +222,8 @@ class VerletList:
         """(senders, receivers, cell_shifts) within cutoff + skin, on the device of positions."""
         if isinstance(positions, torch.Tensor):
             positions = positions.detach()
-            cell = torch.as_tensor(cell, device=positions.device).detach().to(positions.dtype)
-            pbc = torch.as_tensor(pbc, device=positions.device).to(torch.bool)
+            cell = _to_tensor(cell, positions.device).detach().to(positions.dtype)
+            pbc = _to_tensor(pbc, positions.device).to(torch.bool)
         else:
             positions = np.asarray(positions, dtype=np.float64)
             cell = np.asarray(cell, dtype=np.float64)

@@ -153,6 +153,18 @@ def test_verlet_list_superset_and_rebuilds():
     assert vl.rebuilds == before + 2
 
 
+def test_ase_cell_inputs_and_switching_types():
+    atoms = bulk("Cu", "fcc", a=3.6)
+    expected = reference(atoms, 4.0)
+    assert edge_set(*neighbor_list(atoms.positions, atoms.cell, atoms.pbc, 4.0)) == expected
+    s, r, S = neighbor_list(torch.tensor(atoms.positions), atoms.cell, atoms.pbc, 4.0)
+    assert edge_set(s.numpy(), r.numpy(), S.numpy()) == expected
+    vl = VerletList(4.0, 0.0)
+    vl.update(torch.tensor(atoms.positions), atoms.cell, atoms.pbc)
+    s, r, S = vl.update(atoms.positions, atoms.cell, atoms.pbc)  # torch -> numpy: rebuilt, numpy out
+    assert vl.rebuilds == 2 and isinstance(s, np.ndarray) and edge_set(s, r, S) == expected
+
+
 def test_verlet_list_numpy():
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     vl = VerletList(3.0, 0.5)
