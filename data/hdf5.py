@@ -33,6 +33,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".h5.tmp"):
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)  # mkstemp makes the file 0600; give it the usual permissions
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -40,65 +43,83 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".h5.tmp"):
         raise
 
 
+# Chunk rows of the resizable datasets. Small per-atom chunks keep a random
+# one-structure read cheap (one 24-48 kB chunk); structures are appended in blocks.
+_ATOM_CHUNK = 1024
+_STRUCTURE_CHUNK = 1024
+_BLOCK = 4096
+
+
+def _blocks(iterable, size):
+    block = []
+    for item in iterable:
+        block.append(item)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _block_arrays(block: list[Structure]) -> dict[str, np.ndarray]:
+    """The rows that `block` adds to each dataset (ptr: the block's atom counts)."""
+    num = len(block)
+    forces = [s.forces if s.forces is not None else np.full((len(s), 3), np.nan) for s in block]
+    nan33 = np.full((3, 3), np.nan)
+    return {
+        "ptr": np.array([len(s) for s in block], dtype=np.int64),
+        "positions": np.concatenate([s.positions for s in block]).reshape(-1, 3),
+        "numbers": np.concatenate([s.numbers for s in block]),
+        "forces": np.concatenate(forces).reshape(-1, 3),
+        "energy": np.array([np.nan if s.energy is None else s.energy for s in block], dtype=np.float64),
+        "stress": np.array([nan33 if s.stress is None else s.stress for s in block], dtype=np.float64).reshape(num, 3, 3),
+        "cell": np.array([s.cell for s in block], dtype=np.float64).reshape(num, 3, 3),
+        "pbc": np.array([s.pbc for s in block], dtype=bool).reshape(num, 3),
+        "weight": np.array([s.weight for s in block], dtype=np.float64),
+        "config_type": np.array([s.config_type for s in block], dtype=object),
+        "has_energy": np.array([s.energy is not None for s in block], dtype=bool),
+        "has_forces": np.array([s.forces is not None for s in block], dtype=bool),
+        "has_stress": np.array([s.stress is not None for s in block], dtype=bool),
+    }
+
+
 def write_dataset(path: str | os.PathLike, structures: Iterable[Structure], source: str = "") -> Path:
-    """Validate and write `structures` to `path` atomically; returns the path.
+    """Validate and write `structures` (any iterable: it is streamed in blocks) to `path` atomically.
 
-    Every structure is checked first (`Structure.validate`): a DataError names the
-    structure's source file, index and key, and nothing is written.
+    Every structure is checked (`Structure.validate`) before its block is written; a
+    DataError names the structure's source file, index and key, and then nothing is
+    left behind (the temporary file is removed, an existing `path` is untouched).
     """
-    structures = list(structures)
-    for s in structures:
-        s.validate()
-    num = len(structures)
-    counts = np.array([len(s) for s in structures], dtype=np.int64)
-    ptr = np.zeros(num + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    total = int(ptr[-1])
-
-    def stack(getter, shape, fill=0.0, dtype=np.float64):
-        out = np.full((num, *shape), fill, dtype=dtype)
-        for b, s in enumerate(structures):
-            value = getter(s)
-            if value is not None:
-                out[b] = value
-        return out
-
-    per_atom = {
-        "positions": np.concatenate([s.positions for s in structures]) if num else np.zeros((0, 3)),
-        "numbers": np.concatenate([s.numbers for s in structures]) if num else np.zeros(0, np.int64),
-        "forces": np.full((total, 3), np.nan),
-    }
-    for b, s in enumerate(structures):
-        if s.forces is not None:
-            per_atom["forces"][ptr[b] : ptr[b + 1]] = s.forces
-    per_structure = {
-        "energy": stack(lambda s: s.energy, (), fill=np.nan),
-        "stress": stack(lambda s: s.stress, (3, 3), fill=np.nan),
-        "cell": stack(lambda s: s.cell, (3, 3)),
-        "pbc": stack(lambda s: s.pbc, (3,), fill=False, dtype=bool),
-        "weight": stack(lambda s: s.weight, ()),
-        "has_energy": np.array([s.energy is not None for s in structures], dtype=bool),
-        "has_forces": np.array([s.forces is not None for s in structures], dtype=bool),
-        "has_stress": np.array([s.stress is not None for s in structures], dtype=bool),
-    }
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = schema.FORMAT
-            f.attrs["format_version"] = schema.FORMAT_VERSION
-            for quantity, unit in schema.UNITS.items():
-                f.attrs[f"unit_{quantity}"] = unit
-            f.attrs["num_structures"] = num
-            f.attrs["num_atoms"] = total
-            f.attrs["source"] = str(source)
-            f.create_dataset("ptr", data=ptr)
-            for key, value in {**per_atom, **per_structure}.items():
-                f.create_dataset(key, data=value.astype(schema.numpy_dtype(key), copy=False))
-            f.create_dataset(
-                "config_type",
-                data=np.array([s.config_type for s in structures], dtype=object),
-                dtype=h5py.string_dtype("utf-8"),
-                shape=(num,),
-            )
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = schema.FORMAT
+        f.attrs["format_version"] = schema.FORMAT_VERSION
+        for quantity, unit in schema.UNITS.items():
+            f.attrs[f"unit_{quantity}"] = unit
+        f.attrs["source"] = str(source)
+        dsets = {}
+        for field in schema.FIELDS:
+            tail = tuple(d for d in field.shape[1:])
+            dtype = h5py.string_dtype("utf-8") if field.dtype == "str" else np.dtype(field.dtype)
+            rows = _ATOM_CHUNK if field.per_atom else _STRUCTURE_CHUNK
+            dsets[field.key] = f.create_dataset(field.key, shape=(0, *tail), maxshape=(None, *tail),
+                                                dtype=dtype, chunks=(rows, *tail))
+        dsets["ptr"].resize((1,))
+        dsets["ptr"][0] = 0
+        num = total = 0
+        for block in _blocks(structures, _BLOCK):
+            for s in block:
+                s.validate()
+            arrays = _block_arrays(block)
+            arrays["ptr"] = total + np.cumsum(arrays["ptr"])
+            for key, value in arrays.items():
+                start = {"ptr": num + 1}.get(key, total if schema.FIELD_BY_KEY[key].per_atom else num)
+                dset = dsets[key]
+                dset.resize((start + len(value), *dset.shape[1:]))
+                dset[start:] = value
+            num += len(block)
+            total = int(arrays["ptr"][-1])
+        f.attrs["num_structures"] = num
+        f.attrs["num_atoms"] = total
     return Path(path)
 
 
@@ -219,6 +240,10 @@ class Dataset(Sequence):
             source=self.path,
             index=index,
         )
+
+    def label_masks(self) -> dict[str, np.ndarray]:
+        """{"energy", "forces", "stress"} -> (B,) bool presence masks."""
+        return {k: self._meta[f"has_{k}"].copy() for k in ("energy", "forces", "stress")}
 
     def numbers_of(self, index: int) -> np.ndarray:
         """(n,) atomic numbers of one structure without reading its positions."""

@@ -1,8 +1,9 @@
 """Readers for foreign dataset layouts -> list[Structure] in tumbler units (eV, Å).
 
-Each reader returns structures with `source` = the input path and `index` = the
-running structure number in the order read, plus, for each structure, the label
-names it carries (used by `data.convert` for "key not found" messages).
+Each reader is a generator of (Structure, label names present) pairs, so large
+files stream through `data.convert` without being held in memory. `source` is the
+input path and `index` the running structure number in the order read; the label
+names feed the "key not found" messages.
 
 Units and conventions established here (conversion happens once, on the way in):
 - ASE-readable files (extxyz, ...): taken as eV / Å / eV/Å; a virial (eV) becomes
@@ -40,23 +41,22 @@ from .hdf5 import check_hdf5
 from .structure import DataError, Structure, available_keys, where
 
 
-def read_ase(path, energy_key="energy", forces_key="forces", stress_key="stress", virial_key="virial",
+def iter_ase(path, energy_key="energy", forces_key="forces", stress_key="stress", virial_key="virial",
              limit=None):
-    """Any ASE-readable file. Returns (structures, available_keys_per_structure)."""
-    index = ":" if limit is None else f":{int(limit)}"
-    try:
-        frames = ase.io.read(path, index=index)
-    except Exception as exc:  # ASE raises many types; report them all with the file name
-        raise DataError(f"{path}: ASE could not read the file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(frames, list):
-        frames = [frames]
-    structures, keys = [], []
-    for i, atoms in enumerate(frames):
-        structures.append(Structure.from_atoms(atoms, energy_key=energy_key, forces_key=forces_key,
-                                               stress_key=stress_key, virial_key=virial_key,
-                                               source=str(path), index=i))
-        keys.append(available_keys(atoms))
-    return structures, keys
+    """Any ASE-readable file, streamed frame by frame. Yields (Structure, available label names)."""
+    frames = ase.io.iread(path, index=":" if limit is None else f":{int(limit)}")
+    i = 0
+    while True:
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            return
+        except Exception as exc:  # ASE raises many types; report them all with the file name
+            raise DataError(f"{path}: ASE could not read the file (structure {i}: {type(exc).__name__}: {exc})") from exc
+        yield (Structure.from_atoms(atoms, energy_key=energy_key, forces_key=forces_key, stress_key=stress_key,
+                                    virial_key=virial_key, source=str(path), index=i),
+               available_keys(atoms))
+        i += 1
 
 
 def _species_to_numbers(species, context: str) -> np.ndarray:
@@ -69,10 +69,14 @@ def _species_to_numbers(species, context: str) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def read_ani(path, energy_key="energies", forces_key="forces", limit=None):
-    """ANI-1 layout HDF5: every group holding `coordinates` and `species` is one molecule."""
+def iter_ani(path, energy_key="energies", forces_key="forces", limit=None):
+    """ANI-1 layout HDF5: every group holding `coordinates` and `species` is one molecule.
+
+    Molecules are read in sorted path order, one molecule's arrays at a time.
+    Yields (Structure, dataset names of the molecule).
+    """
     check_hdf5(path)
-    structures, keys = [], []
+    count_out = 0
     with h5py.File(path, "r") as f:
         molecules = []
         f.visititems(lambda name, obj: molecules.append(name)
@@ -96,19 +100,18 @@ def read_ani(path, energy_key="energies", forces_key="forces", limit=None):
             names = sorted(k for k in group if isinstance(group[k], h5py.Dataset))
             config_type = name.split("/")[0]
             for m in range(count):
-                if limit is not None and len(structures) >= limit:
-                    return structures, keys
-                structures.append(Structure(
+                if limit is not None and count_out >= limit:
+                    return
+                yield Structure(
                     positions=coords[m],
                     numbers=numbers,
                     energy=None if energies is None else float(energies[m]) * Hartree,
                     forces=None if forces is None else forces[m].astype(np.float64) * (Hartree / Bohr),
                     config_type=config_type,
-                    source=f"{path}",
-                    index=len(structures),
-                ))
-                keys.append(names)
-    return structures, keys
+                    source=str(path),
+                    index=count_out,
+                ), names
+                count_out += 1
 
 
 def _deepmd_systems(path: Path) -> list[Path]:
@@ -129,14 +132,14 @@ def _load_npy(path: Path, rows: int, cols: int, context: str):
     return arr.reshape(rows, cols)
 
 
-def read_deepmd(path, limit=None, type_map=None):
+def iter_deepmd(path, limit=None, type_map=None):
     """DeePMD npy systems under `path` (one system folder, or a folder of systems).
 
     `type_map` (element symbols by type index) is needed only for systems without
-    a type_map.raw; a system's own type_map.raw wins.
+    a type_map.raw; a system's own type_map.raw wins. Yields (Structure, npy names).
     """
     root = Path(path)
-    structures, keys = [], []
+    count_out = 0
     for system in _deepmd_systems(root):
         types = np.loadtxt(system / "type.raw", dtype=np.int64, ndmin=1)
         type_map_file = system / "type_map.raw"
@@ -157,8 +160,7 @@ def read_deepmd(path, limit=None, type_map=None):
             coord_file = set_dir / "coord.npy"
             if not coord_file.is_file():
                 raise DataError(f"{ctx}: coord.npy missing")
-            coord = np.load(coord_file).astype(np.float64)
-            frames = coord.size // (3 * n) if n else 0
+            frames = np.load(coord_file, mmap_mode="r").size // (3 * n) if n else 0
             coord = _load_npy(coord_file, frames, 3 * n, ctx)
             box = _load_npy(set_dir / "box.npy", frames, 9, ctx)
             energy = _load_npy(set_dir / "energy.npy", frames, 1, ctx)
@@ -168,16 +170,16 @@ def read_deepmd(path, limit=None, type_map=None):
                 raise DataError(f"{ctx}: box.npy missing for a periodic system (add a 'nopbc' file for molecules)")
             present = [p.stem for p in sorted(set_dir.glob("*.npy"))]
             for k in range(frames):
-                if limit is not None and len(structures) >= limit:
-                    return structures, keys
+                if limit is not None and count_out >= limit:
+                    return
                 cell = box[k].reshape(3, 3) if (box is not None and periodic) else np.zeros((3, 3))
                 stress = None
                 if virial is not None:
                     volume = abs(np.linalg.det(cell))
                     if not volume > 0:
-                        raise DataError(f"{where(str(root), len(structures), 'virial')}: virial given but the cell has zero volume")
+                        raise DataError(f"{where(str(root), count_out, 'virial')}: virial given but the cell has zero volume")
                     stress = -virial[k].reshape(3, 3) / volume
-                structures.append(Structure(
+                yield Structure(
                     positions=coord[k].reshape(n, 3),
                     numbers=numbers,
                     cell=cell,
@@ -187,10 +189,9 @@ def read_deepmd(path, limit=None, type_map=None):
                     stress=stress,
                     config_type=system.name,
                     source=str(root),
-                    index=len(structures),
-                ))
-                keys.append(present)
-    return structures, keys
+                    index=count_out,
+                ), present
+                count_out += 1
 
 
 def is_mlearn_json(path) -> bool:
@@ -202,8 +203,11 @@ def is_mlearn_json(path) -> bool:
     return head.startswith("[") and '"structure"' in head
 
 
-def read_mlearn_json(path, limit=None):
-    """mlearn JSON (pymatgen structures + outputs.energy/forces/virial_stress in kBar)."""
+def iter_mlearn_json(path, limit=None):
+    """mlearn JSON (pymatgen structures + outputs.energy/forces/virial_stress in kBar).
+
+    Yields (Structure, names in `outputs`). The JSON itself is parsed at once.
+    """
     try:
         with open(path) as fh:
             records = json.load(fh)
@@ -211,7 +215,6 @@ def read_mlearn_json(path, limit=None):
         raise DataError(f"{path}: could not read JSON ({exc})") from exc
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    structures, keys = [], []
     for i, rec in enumerate(records[:limit]):
         try:
             lattice = np.array(rec["structure"]["lattice"]["matrix"], dtype=np.float64)
@@ -230,7 +233,7 @@ def read_mlearn_json(path, limit=None):
             xx, yy, zz, xy, yz, zx = np.asarray(outputs["virial_stress"], dtype=np.float64)
             vasp = np.array([[xx, xy, zx], [xy, yy, yz], [zx, yz, zz]])
             stress = -vasp * 0.1 * GPa
-        structures.append(Structure(
+        yield Structure(
             positions=positions,
             numbers=_species_to_numbers(species, where(str(path), i, "species")),
             cell=lattice,
@@ -241,6 +244,4 @@ def read_mlearn_json(path, limit=None):
             config_type=str(rec.get("group") or "Default"),
             source=str(path),
             index=i,
-        ))
-        keys.append(sorted(outputs))
-    return structures, keys
+        ), sorted(outputs)
