@@ -92,9 +92,9 @@ class BatchNeighbors:
         """Rebuild the stale structures (flags from `check`, computed here if None). True if edges changed."""
         if flags is None:
             flags = self.check(positions)
-        if not bool(flags.any()):  # the host sync
+        stale = flags.tolist()  # the one host sync of a step
+        if not any(stale):
             return False
-        stale = flags.tolist()
         positions = positions.detach().to(torch.float64)
         if self.group and any(stale[b] for b in self.group):
             self._pieces["group"] = self._build_group(positions)

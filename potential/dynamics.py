@@ -145,8 +145,11 @@ class Dynamics:
         use_graphs = self.static.cuda_graph and noise is None
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(int(seed))
-        if use_graphs and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
-            self.generator = None  # this torch captures only the default generator
+        if use_graphs:
+            try:  # a private generator must be registered with each graph that draws from it
+                torch.cuda.CUDAGraph().register_generator_state(self.generator)
+            except (AttributeError, RuntimeError, TypeError):
+                self.generator = None  # this torch captures only the default generator (then unseeded here)
         self._noise = noise if noise is not None else self._randn
         self._setup_thermostat()
         self.forces = torch.zeros_like(self.positions)  # [N, 3] eV/Å

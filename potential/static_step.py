@@ -169,6 +169,10 @@ class StaticStep:
 
     def _compute(self) -> dict:
         """The padded evaluation; only device ops on fixed-shape buffers (capturable)."""
+        with torch.enable_grad():  # forces are gradients, also when the caller is under no_grad
+            return self._compute_grad()
+
+    def _compute_grad(self) -> dict:
         b, n = self.num_structures, self.num_atoms
         dtype, structure = self.dtype, self.structure
         positions = self.positions.detach().requires_grad_(True)  # [N+1, 3]
