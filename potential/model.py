@@ -26,6 +26,7 @@ from torch import nn
 
 import kernels
 
+from .irreps import Irreps
 from .layers import Interaction, LinearReadout, NonLinearReadout, ProductBasis, SpeciesEmbedding
 from .radial import BesselBasis, PolynomialEnvelope
 
@@ -265,7 +266,8 @@ class Potential(nn.Module):
         senders, receivers = batch.senders, batch.receivers  # [E]
         shifts = batch.cell_shifts.to(dtype)  # [E, 3] integer multiples of the lattice vectors
         vec = pos[senders] - pos[receivers] + torch.einsum("ei,eij->ej", shifts, cell_eff[structure[receivers]])
-        node_energy = self._node_energy(species, vec, senders, receivers, positions.shape[0])  # [N] float64
+        graph = kernels.make_graph(senders, receivers, positions.shape[0])
+        node_energy = self.node_energies(species, vec, graph, self.ops)  # [N] float64
         energy = torch.zeros(num_structures, dtype=torch.float64, device=node_energy.device)
         energy = energy.index_add(0, structure, node_energy)  # [B]
 
@@ -291,10 +293,14 @@ class Potential(nn.Module):
             out = {k: v.detach() for k, v in out.items()}
         return out
 
-    def _node_energy(self, species, vec, senders, receivers, num_nodes: int) -> torch.Tensor:
-        """Per-atom energies [N] float64 from species [N] and edge vectors [E, 3] (Å)."""
-        ops = self.ops
-        graph = kernels.make_graph(senders, receivers, num_nodes)
+    def node_energies(self, species: torch.Tensor, vec: torch.Tensor, graph, ops=None) -> torch.Tensor:
+        """Per-atom energies [N] float64 (eV) from species indices [N], edge vectors [E, 3] (Å, sender minus
+        receiver, in the graph's edge order) and a ``kernels.Graph``; ``ops`` defaults to the model's backend.
+
+        The whole energy model lives here; ``forward`` adds positions, strain, derivatives. Callers that keep
+        their own graph / ops (e.g. static-shape MD steps) use it directly instead of re-implementing it."""
+        ops = self.ops if ops is None else ops
+        num_nodes, receivers = graph.num_nodes, graph.receivers
         r2 = (vec * vec).sum(dim=-1)  # [E] Å^2
         nonzero = r2 > 0
         r = torch.where(nonzero, torch.sqrt(torch.where(nonzero, r2, torch.ones_like(r2))), torch.zeros_like(r2))
@@ -315,4 +321,5 @@ class Potential(nn.Module):
     def extra_repr(self) -> str:
         cfg = self.config
         return (f"elements={cfg.elements}, channels={cfg.channels}, lmax={cfg.lmax}, lmax_sh={cfg.lmax_sh}, "
-                f"correlation={cfg.correlation}, r_max={cfg.r_max}, dtype={cfg.dtype}, backend={self.backend}")
+                f"correlation={cfg.correlation}, r_max={cfg.r_max}, dtype={cfg.dtype}, backend={self.backend}, "
+                f"hidden={Irreps(cfg.lmax, cfg.channels)}")
