@@ -74,7 +74,7 @@ def node_kernel_source(name: str, terms, KX: int, KY: int, P: int, KO: int) -> s
         L.append(f"        acc{o} += r{p} * ({' + '.join(parts)})")
     L.append(f"    orow = OUT + node * ({KO} * C) + c")
     for o in range(KO):
-        val = f"tl.sum(acc{o}, axis=0)" if o in outs else "tl.zeros([BC], dt)"
+        val = f"tl.reduce(acc{o}, 0, _add)" if o in outs else "tl.zeros([BC], dt)"
         L.append(f"    tl.store(orow + {o} * C, {val}, mask=cm)")
     return "\n".join(L) + "\n"
 
@@ -135,7 +135,7 @@ def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> s
         for p, aow in sorted(by_b[b].items()):
             inner = " + ".join(f"{lit(w)} * h{a} * g{o}" for a, o, w in aow)
             parts.append(f"r{p} * ({inner})")
-        L.append(f"            dy{b} += tl.sum({' + '.join(parts)}, axis=1)")
+        L.append(f"            dy{b} += tl.reduce({' + '.join(parts)}, 1, _add)")
     L.append("    if NEED_Y:")
     for b in range(KY):
         L.append(f"        tl.store(DY + e * {KY} + {b}, dy{b}, mask=em)")

@@ -150,6 +150,6 @@ def kernel_source(name: str, form: Form, outs: tuple) -> str:
             K = form.slots[s][1]
             L.append(f"    prow = O{j} + (ch * tl.num_programs(0) + sp) * ({K} * C) + c")
             for i in range(K):
-                val = f"tl.sum(a{j}_{i}, axis=0)" if i in derivs[s] else "tl.zeros([BC], dt)"
+                val = f"tl.reduce(a{j}_{i}, 0, _add)" if i in derivs[s] else "tl.zeros([BC], dt)"
                 L.append(f"    tl.store(prow + {i} * C, {val}, mask=cm)")
     return "\n".join(L) + "\n"

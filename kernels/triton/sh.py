@@ -115,9 +115,9 @@ def {name}(V, A, B, E, BLOCK: tl.constexpr, KP: tl.constexpr):
     em = e < E
     c4 = tl.arange(0, 4)
     vt = tl.load(V + e[:, None] * 3 + c4[None, :], mask=em[:, None] & (c4[None, :] < 3), other=0.0)
-    vx = tl.sum(tl.where(c4[None, :] == 0, vt, 0.0), axis=1)
-    vy = tl.sum(tl.where(c4[None, :] == 1, vt, 0.0), axis=1)
-    vz = tl.sum(tl.where(c4[None, :] == 2, vt, 0.0), axis=1)
+    vx = tl.reduce(tl.where(c4[None, :] == 0, vt, 0.0), 1, _add)
+    vy = tl.reduce(tl.where(c4[None, :] == 1, vt, 0.0), 1, _add)
+    vz = tl.reduce(tl.where(c4[None, :] == 2, vt, 0.0), 1, _add)
     r2 = vx * vx + vy * vy + vz * vz
     inv = tl.where(r2 > 0.0, 1.0 / tl.sqrt(tl.where(r2 > 0.0, r2, 1.0)), 0.0)
     ux = vx * inv
@@ -153,7 +153,7 @@ def bwd_kernel(lmax: int):
     for k, p in enumerate(polys):
         if k == 0:
             continue
-        src += f"    g{k} = tl.sum(tl.where(kk[None, :] == {k}, gt, 0.0), axis=1)\n"
+        src += f"    g{k} = tl.reduce(tl.where(kk[None, :] == {k}, gt, 0.0), 1, _add)\n"
         for ax in range(3):
             d = _deriv(p, ax)
             if d:
