@@ -93,8 +93,9 @@ class ModelSection:
 
 @dataclass
 class StageTwoConfig:
-    """A second stage (like MACE's SWA stage): from `start_epoch` (or `start_fraction` of max_epochs / of the
-    time budget) train with other loss weights at a constant `lr`. The best model is tracked anew from there."""
+    """A second stage (like MACE's SWA stage): after `start_epoch` epochs, or after `start_fraction` of
+    max_epochs or of the time budget (whichever comes first), train with other loss weights at a constant `lr`
+    (the scheduler stops). The best model is tracked anew from there, since the loss weights change."""
     start_epoch: Optional[int] = field(default=None, metadata=_check("nonnegative"))
     start_fraction: Optional[float] = field(default=None, metadata=_check("unit"))
     energy_weight: float = field(default=1000.0, metadata=_check("nonnegative"))

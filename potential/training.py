@@ -64,7 +64,8 @@ def _loader(structures, batch_size, cutoff, num_workers, generator=None, sampler
     """Batches of data.collate (neighbor lists computed in the workers); shuffled when a generator is given."""
     return DataLoader(structures, batch_size=batch_size, shuffle=generator is not None and sampler is None,
                       sampler=sampler, generator=generator, num_workers=num_workers,
-                      collate_fn=functools.partial(data.collate, cutoff=cutoff), drop_last=False)
+                      collate_fn=functools.partial(data.collate, cutoff=cutoff), drop_last=False,
+                      persistent_workers=num_workers > 0)
 
 
 def evaluate_model(model, loader, device, dtype, weights: LossWeights, forces: bool, stress: bool) -> dict:
@@ -167,7 +168,7 @@ class Trainer:
         self.weights = LossWeights(t.energy_weight, t.forces_weight, t.stress_weight, t.huber_delta)
         if ckpt is not None:
             self._load_state(ckpt)
-        elif self.main:
+        if self.main:  # the resolved config of this (possibly restarted) run
             dump_config(cfg, self.out / "config.yaml")
         n_params = sum(p.numel() for p in params)
         self.log(f"model: {n_params} parameters, {cfg.dtype}, on {self.device}; "
@@ -231,9 +232,10 @@ class Trainer:
             return False
         if s.start_epoch is not None:
             return self.epoch >= s.start_epoch
-        if t.max_epochs is not None:
-            return self.epoch >= int(round(s.start_fraction * t.max_epochs))
-        return self.elapsed >= s.start_fraction * t.time_budget_minutes * 60
+        # a fraction of max_epochs or of the time budget, whichever comes first
+        by_epoch = t.max_epochs is not None and self.epoch >= int(round(s.start_fraction * t.max_epochs))
+        by_time = t.time_budget_minutes is not None and self.elapsed >= s.start_fraction * t.time_budget_minutes * 60
+        return by_epoch or by_time
 
     def _stop_due(self, last_epoch_s: float) -> bool:
         t = self.cfg.training
@@ -357,9 +359,15 @@ class Trainer:
                     self.scheduler.step()
             last_epoch_s = time.perf_counter() - start
             self.elapsed += last_epoch_s
+            if self.world > 1:  # rank 0's clock decides time-budget stops and stage switches for everyone
+                clock = torch.tensor([self.elapsed, last_epoch_s], dtype=torch.float64, device=self.device)
+                dist.broadcast(clock, 0)
+                self.elapsed, last_epoch_s = clock.tolist()
             self._end_of_epoch(train, valid, last_epoch_s)
-        if not validated or not self.model_path.exists():  # stopped by the time budget between validations
+        if not validated:  # stopped by the time budget between validations
             self._keep_best(self._validate())
+        if self.main and not self.model_path.exists():  # no finite validation loss at all: export the last
+            potential.save_model(self.export_model, self.model_path, extra={"epoch": self.epoch, "stage": self.stage})
         result = self.final_evaluation() if self.main else {}
         if self.world > 1:
             dist.barrier()
