@@ -98,7 +98,7 @@ def write_dataset(path: str | os.PathLike, structures: Iterable[Structure], sour
         f.attrs["source"] = str(source)
         dsets = {}
         for field in schema.FIELDS:
-            tail = tuple(d for d in field.shape[1:])
+            tail = field.shape[1:]
             dtype = h5py.string_dtype("utf-8") if field.dtype == "str" else np.dtype(field.dtype)
             rows = _ATOM_CHUNK if field.per_atom else _STRUCTURE_CHUNK
             dsets[field.key] = f.create_dataset(field.key, shape=(0, *tail), maxshape=(None, *tail),

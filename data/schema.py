@@ -5,7 +5,8 @@ and writes exactly what is listed here, and the README quotes the table below.
 
 A file holds B structures with N atoms in total. Per-atom arrays are concatenated
 over structures; structure b owns rows ``ptr[b]:ptr[b+1]``. All datasets live in the
-root group, stored contiguously (no compression), so that one structure is one slice.
+root group, uncompressed, in chunks of 1024 rows (resizable: writers append block by
+block), so that reading one structure is one small slice per array.
 
 | key          | shape      | dtype   | unit     | meaning                                                  |
 |--------------|------------|---------|----------|----------------------------------------------------------|

@@ -150,3 +150,21 @@ def test_dataloader_workers(tmp_path, make_structures):
     assert torch.equal(torch.cat([b.index for b in batches]), torch.arange(8))
     positions = torch.cat([b.positions for b in batches]).numpy()
     np.testing.assert_array_equal(positions, np.concatenate([s.positions for s in structures]))
+
+
+def test_streamed_blocks(tmp_path, make_structures, monkeypatch):
+    import data.hdf5
+
+    monkeypatch.setattr(data.hdf5, "_BLOCK", 3)  # 8 structures -> blocks of 3, 3, 2
+    structures = make_structures(8, seed=5)
+    ds = open_dataset(write_dataset(tmp_path / "x.h5", (s for s in structures)))  # a generator streams
+    assert len(ds) == 8
+    for a, b in zip(structures, ds):
+        assert_same(a, b)
+    with h5py.File(ds.path, "r") as f:
+        assert f.attrs["num_structures"] == 8 and f.attrs["num_atoms"] == sum(len(s) for s in structures)
+    # an error in a later block still leaves nothing behind
+    structures[7].energy = float("inf")
+    with pytest.raises(DataError, match="key 'energy': non-finite"):
+        write_dataset(tmp_path / "y.h5", iter(structures))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]
