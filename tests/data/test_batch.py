@@ -1,6 +1,7 @@
 """Batch collation: offsets, receiver sorting, edge vectors, masks, dtype/device moves. Budget: < 3 s."""
 
 import numpy as np
+import pytest
 import torch
 from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
@@ -80,3 +81,13 @@ def test_from_atoms_ignores_attached_results():
 def test_empty_collate():
     b = collate([], 5.0)
     assert b.num_structures == 0 and b.num_atoms == 0 and b.num_edges == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_cuda(make_structures):
+    b = collate(make_structures(4), 3.0).to(device="cuda", dtype=torch.float32)
+    assert b.positions.device.type == "cuda" and b.positions.dtype == torch.float32
+    assert b.energy.dtype == torch.float64 and b.senders.device.type == "cuda"
+    c = Batch.from_atoms([bulk("Cu", "fcc", a=3.6)], cutoff=3.0, device="cuda")
+    assert c.cell_shifts.device.type == "cuda" and c.num_edges == 12
