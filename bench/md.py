@@ -1,0 +1,367 @@
+"""MD step time on one GPU: tumbler (ASE calculator path and the device-resident engine) vs MACE, one run.
+
+Same model size on both sides: 2 interactions, 128 channels, hidden l <= 1, edge harmonics l <= 3, correlation 3,
+r_max 5 Å, 8 Bessel functions, radial MLP 64x64x64, float32, random weights (speed only). Systems:
+  cu864    fcc Cu 6x6x6 cubic cells (864 atoms), NVE, 1 fs, 300 K start
+  cu4000   fcc Cu 10x10x10 cubic cells (4000 atoms)
+  3bpa64   3BPA (27 atoms, first frame of shared/data/3BPA/train_300K.xyz), 64 replicas at 300..900 K (Langevin):
+           our engine batches the 64 replicas; the ASE paths run one molecule ("3bpa1"), and MACE also runs the
+           64 copies as one far-apart "supermolecule" ("3bpa64" with MACE = one structure of 1728 atoms).
+Rows: ms per MD step and atom-steps per second; then the largest fcc Cu cell whose forces fit in GPU memory
+(ours: one padded static step; MACE: one get_forces per backend). MACE goes through mace.calculators.
+MACECalculator with each backend it has (e3nn, cuEquivariance, OpenEquivariance), as
+/work/shared/bench/peers_gpu.py builds and calls it (peer bundle: /work/shared/bench/make_peer_bundle.sh).
+
+    python bench/md.py [--parts engine,ase,mace,maxsize] [--steps 100] [--budget-s 240] [--quick]
+
+Writes JSON to bench/results/md-<gpu>-<utc time>.json (and $OUT/md.json when $OUT is set), after every row, so
+a run cut short keeps what it measured; prints a table last. --quick: tiny sizes, runs on CPU too (smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BPA_FILE = ROOT.parent / "shared" / "data" / "3BPA" / "train_300K.xyz"  # --bpa overrides (first frame is used)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+        name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.results = {"device": name, "torch": torch.__version__, "time_utc": stamp, "argv": sys.argv[1:],
+                        "rows": []}
+        tag = name.replace(" ", "_").replace("/", "_")
+        self.paths = [ROOT / "bench" / "results" / f"md-{tag}-{stamp}.json"]
+        if os.environ.get("OUT"):
+            self.paths.append(Path(os.environ["OUT"]) / "md.json")
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.t0)
+
+    def row(self, **kw):
+        kw["t_s"] = round(time.perf_counter() - self.t0, 1)
+        self.results["rows"].append(kw)
+        print(json.dumps(kw), flush=True)
+        for p in self.paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(self.results, indent=1))
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def peak_mib(self):
+        return torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else float("nan")
+
+    def reset_peak(self):
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+
+# ------------------------------------------------------------------ systems and models
+def cu(n_rep: int):
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((n_rep,) * 3)
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+def bpa():
+    from ase.io import read
+
+    atoms = read(BPA_FILE, index=0)
+    atoms.calc = None
+    atoms.pbc = False
+    atoms.cell = [0, 0, 0]
+    atoms.center()
+    return atoms
+
+
+def bpa_supermolecule(copies: int, spacing: float = 25.0):
+    """`copies` 3BPA molecules on a cubic grid, `spacing` Å apart (no pair within r_max): one structure."""
+    from ase import Atoms
+
+    one = bpa()
+    side = int(np.ceil(copies ** (1 / 3)))
+    out = Atoms()
+    for k in range(copies):
+        m = one.copy()
+        m.positions += spacing * np.array([k % side, (k // side) % side, k // side ** 2])
+        out += m
+    return out
+
+
+def with_velocities(atoms, temperature, seed=0):
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+    return atoms
+
+
+def ours_model(elements, device, quick=False):
+    from potential import ModelConfig, Potential
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(elements=list(elements), channels=8 if quick else 128, lmax=1, lmax_sh=3, correlation=3,
+                      num_interactions=2, r_max=5.0, num_bessel=8, radial_hidden=(64, 64, 64), readout_hidden=16,
+                      avg_num_neighbors=40.0, atomic_energies=[-3.0] * len(elements), scale=0.1, shift=0.0,
+                      dtype="float32", backend="auto")
+    return Potential(cfg).to(device).eval()
+
+
+def mace_model(atomic_numbers, path):
+    """ScaleShiftMACE as peers_gpu.py builds it: 128x0e+128x1o hidden, max_ell 3, correlation 3, 2 layers."""
+    from e3nn import o3
+    import mace.modules as mm
+
+    torch.manual_seed(0)
+    model = mm.ScaleShiftMACE(
+        r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
+        interaction_cls=mm.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=mm.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        num_interactions=2, num_elements=len(atomic_numbers), hidden_irreps=o3.Irreps("128x0e+128x1o"),
+        MLP_irreps=o3.Irreps("16x0e"), atomic_energies=np.array([-3.0] * len(atomic_numbers)),
+        avg_num_neighbors=40.0, atomic_numbers=list(atomic_numbers), correlation=3,
+        gate=torch.nn.functional.silu, atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+    )
+    torch.save(model, path)
+    return path
+
+
+def systems(quick):
+    if quick:
+        return {"cu864": lambda: cu(2), "cu4000": lambda: cu(3)}
+    return {"cu864": lambda: cu(6), "cu4000": lambda: cu(10)}
+
+
+# ------------------------------------------------------------------ timing helpers
+def time_ase(bench, atoms, steps, warm):
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+
+    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
+    dyn.run(warm)
+    bench.sync()
+    t0 = time.perf_counter()
+    dyn.run(steps)
+    bench.sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def time_engine(bench, dyn, steps, warm):
+    dyn.run(warm)
+    bench.sync()
+    t0 = time.perf_counter()
+    dyn.run(steps)
+    bench.sync()
+    return (time.perf_counter() - t0) / steps
+
+
+# ------------------------------------------------------------------ parts
+def part_engine(bench):
+    from potential.dynamics import Dynamics
+
+    a = bench.args
+    steps, warm = a.steps, 10
+    model_cu = ours_model([29], bench.device, a.quick)
+    model_bpa = ours_model([1, 6, 7, 8], bench.device, a.quick)
+    cases = [(name, model_cu, [with_velocities(make(), 300)], None) for name, make in systems(a.quick).items()]
+    temps = np.linspace(300, 900, a.replicas)
+    cases.append(("3bpa64", model_bpa, [with_velocities(bpa(), t, seed=k) for k, t in enumerate(temps)], temps))
+    for name, model, atoms_list, temps in cases:
+        for graph in ([True, False] if bench.device.type == "cuda" and name == "cu864" else [None]):
+            if bench.left() < 20:
+                bench.row(part="engine", system=name, skipped="budget")
+                continue
+            try:
+                bench.reset_peak()
+                kw = dict(thermostat="langevin", temperature=temps, friction=0.01) if temps is not None else {}
+                dyn = Dynamics(model, atoms_list, timestep=1.0, skin=a.skin, cuda_graph=graph, seed=0, **kw)
+                n_atoms = dyn.positions.shape[0]
+                # the padded, captured step against the eager unpadded Potential at the same positions
+                import data
+
+                batch = data.Batch.from_atoms(dyn.get_atoms(), model.r_max, device=bench.device, dtype=model.dtype)
+                ref = model(batch)["forces"].double()
+                err = float((dyn.forces - ref).norm() / ref.norm())
+                t = time_engine(bench, dyn, steps if n_atoms < 3000 else max(steps // 2, 10), warm)
+                bench.row(part="engine", impl="tumbler-engine" + ("" if graph in (None, True) else "-nograph"),
+                          system=name, atoms=n_atoms, structures=dyn.num_structures, ms_per_step=t * 1e3,
+                          atom_steps_per_s=n_atoms / t, rebuilds=dyn.rebuilds, captures=dyn.static.captures,
+                          cuda_graph=dyn.static.cuda_graph, edges=dyn.static.num_edges,
+                          pad_edges=dyn.static.num_pad_edges, force_rel_err_vs_eager=err, peak_MiB=bench.peak_mib())
+                del dyn
+            except Exception as e:
+                traceback.print_exc()
+                bench.row(part="engine", system=name, error=repr(e)[:300])
+
+
+def part_ase(bench):
+    from potential import Calculator
+
+    a = bench.args
+    cases = [(name, [29], make) for name, make in systems(a.quick).items()] + [("3bpa1", [1, 6, 7, 8], bpa)]
+    for name, elements, make in cases:
+        if bench.left() < 20:
+            bench.row(part="ase", system=name, skipped="budget")
+            continue
+        try:
+            bench.reset_peak()
+            atoms = with_velocities(make(), 300)
+            atoms.calc = Calculator(ours_model(elements, bench.device, a.quick), skin=a.skin)
+            t = time_ase(bench, atoms, a.ase_steps, 3)
+            bench.row(part="ase", impl="tumbler-ase", system=name, atoms=len(atoms), ms_per_step=t * 1e3,
+                      atom_steps_per_s=len(atoms) / t, peak_MiB=bench.peak_mib())
+        except Exception as e:
+            traceback.print_exc()
+            bench.row(part="ase", impl="tumbler-ase", system=name, error=repr(e)[:300])
+
+
+def mace_calculator(backend, path):
+    from mace.calculators import MACECalculator
+
+    kw = {"enable_cueq": backend == "cueq", "enable_oeq": backend == "oeq"}
+    return MACECalculator(model_paths=path, device=str(torch.device("cuda")), default_dtype="float32", **kw)
+
+
+def part_mace(bench):
+    a = bench.args
+    try:
+        cu_path = mace_model([29], "/tmp/bench_mace_cu.model")
+        bpa_path = mace_model([1, 6, 7, 8], "/tmp/bench_mace_bpa.model")
+    except Exception as e:
+        traceback.print_exc()
+        bench.row(part="mace", error=f"MACE unavailable: {e!r}"[:300])
+        return
+    cases = [(name, cu_path, make) for name, make in systems(a.quick).items()]
+    cases += [("3bpa1", bpa_path, bpa), ("3bpa64", bpa_path, lambda: bpa_supermolecule(a.replicas))]
+    for backend in a.mace_backends.split(","):
+        for name, path, make in cases:
+            if bench.left() < 25:
+                bench.row(part="mace", impl=f"mace-{backend}", system=name, skipped="budget")
+                continue
+            try:
+                bench.reset_peak()
+                atoms = with_velocities(make(), 300)
+                atoms.calc = mace_calculator(backend, path)
+                t = time_ase(bench, atoms, a.ase_steps, 3)
+                bench.row(part="mace", impl=f"mace-{backend}", system=name, atoms=len(atoms), ms_per_step=t * 1e3,
+                          atom_steps_per_s=len(atoms) / t, peak_MiB=bench.peak_mib())
+            except Exception as e:
+                traceback.print_exc()
+                bench.row(part="mace", impl=f"mace-{backend}", system=name, error=repr(e)[:300])
+                break  # this backend is broken here: the next one
+
+
+def part_maxsize(bench):
+    """Largest fcc Cu cell (n x n x n cubic cells) whose forces fit: sizes grow until the first failure."""
+    from potential.static_step import StaticStep
+
+    a = bench.args
+    sizes = [int(s) for s in a.max_sizes.split(",")]
+    impls = ["tumbler-engine"] + [f"mace-{b}" for b in a.mace_backends.split(",") if b]
+    model = ours_model([29], bench.device, a.quick)
+    path = None
+    for impl in impls:
+        best = None
+        for n_rep in sizes:
+            if bench.left() < 15:
+                bench.row(part="maxsize", impl=impl, skipped="budget", largest_atoms=best)
+                break
+            atoms = cu(n_rep)
+            try:
+                bench.reset_peak()
+                t0 = time.perf_counter()
+                if impl == "tumbler-engine":
+                    x = torch.tensor(atoms.positions, dtype=torch.float64, device=bench.device)
+                    step = StaticStep(model, torch.tensor(atoms.numbers), [0, len(atoms)],
+                                      torch.tensor(np.array(atoms.cell[:])), torch.tensor(atoms.pbc), skin=a.skin)
+                    step(x)
+                    bench.sync()
+                    del step
+                else:
+                    path = path or mace_model([29], "/tmp/bench_mace_cu.model")
+                    atoms.calc = mace_calculator(impl.split("-", 1)[1], path)
+                    atoms.get_forces()
+                    bench.sync()
+                best = len(atoms)
+                bench.row(part="maxsize", impl=impl, atoms=len(atoms), ok=True, s=time.perf_counter() - t0,
+                          peak_MiB=bench.peak_mib())
+            except Exception as e:  # out of memory (or anything else): the previous size was the largest
+                oom = "out of memory" in repr(e).lower()
+                bench.row(part="maxsize", impl=impl, atoms=len(atoms), ok=False, oom=oom, error=repr(e)[:200])
+                break
+            finally:
+                atoms.calc = None
+                bench.reset_peak()
+        bench.row(part="maxsize_result", impl=impl, largest_atoms=best)
+
+
+def table(results):
+    lines = [f"device: {results['device']}  torch {results['torch']}",
+             f"{'part':9} {'impl':26} {'system':8} {'atoms':>7} {'ms/step':>9} {'atom-steps/s':>13} {'note'}"]
+    for r in results["rows"]:
+        if r.get("part") == "maxsize":
+            continue
+        note = r.get("error") or r.get("skipped") or ""
+        if "rebuilds" in r:
+            note = f"rebuilds {r['rebuilds']} edges {r['edges']}/{r['pad_edges']} err {r['force_rel_err_vs_eager']:.1e}"
+        if r.get("part") == "maxsize_result":
+            lines.append(f"{'maxsize':9} {r['impl']:26} {'cu fcc':8} {str(r.get('largest_atoms')):>7}")
+            continue
+        ms = f"{r['ms_per_step']:9.3f}" if "ms_per_step" in r else " " * 9
+        aps = f"{r['atom_steps_per_s']:13.4g}" if "atom_steps_per_s" in r else " " * 13
+        lines.append(f"{r.get('part', ''):9} {r.get('impl', ''):26} {r.get('system', ''):8} "
+                     f"{str(r.get('atoms', '')):>7} {ms} {aps} {note[:90]}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    global BPA_FILE
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default="engine,mace,ase,maxsize")
+    p.add_argument("--steps", type=int, default=100, help="timed engine steps (after 10 warm-up steps)")
+    p.add_argument("--ase-steps", type=int, default=10, help="timed ASE steps (after 3 warm-up steps)")
+    p.add_argument("--replicas", type=int, default=64)
+    p.add_argument("--skin", type=float, default=0.5, help="Verlet skin, Å (ours)")
+    p.add_argument("--mace-backends", default="cueq,e3nn,oeq")
+    p.add_argument("--max-sizes", default="16,22,28,34,40", help="fcc Cu n for the n^3 x 4 atom memory test")
+    p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new rows after this many seconds")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; CPU is fine)")
+    p.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
+    p.add_argument("--bpa", default=str(BPA_FILE), help="3BPA xyz file (its first frame is used)")
+    args = p.parse_args(argv)
+    BPA_FILE = Path(args.bpa)
+    if not BPA_FILE.exists():
+        p.error(f"--bpa {BPA_FILE}: no such file (the 3BPA set lives in ../shared/data/3BPA)")
+    if args.quick:
+        args.max_sizes = "2,3"
+    bench = Bench(args)
+    parts = {"engine": part_engine, "mace": part_mace, "ase": part_ase, "maxsize": part_maxsize}
+    for name in args.parts.split(","):
+        parts[name](bench)
+    print("\n=== md bench (" + ", ".join(str(x) for x in bench.paths) + ")")
+    print(table(bench.results))
+
+
+if __name__ == "__main__":
+    main()
