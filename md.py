@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pdamp", type=float, help="barostat time constant, fs (default 1000 timesteps)")
     a("--compressibility", type=float, help="Berendsen barostat compressibility, 1/GPa (default 0.01)")
     a("--skin", type=float, help="Verlet-list skin, Å (default 1.0)")
+    a("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest for small systems)")
     a("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm bar")
     return p
 

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch-atoms", type=int, default=4096, help="atom budget per forward pass (default 4096)")
     a("--device", choices=["cpu", "cuda"], default="cpu")
     a("--skin", type=float, default=1.0, help="Verlet-list skin for relaxations, Å (default 1.0)")
+    a("--threads", type=int, help="torch CPU threads (default: torch's)")
     a("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
@@ -39,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     from potential.screening import OUTPUT_SUFFIXES, read_input, screen, write_results
 
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads {args.threads} must be >= 1")
+            import torch
+
+            torch.set_num_threads(args.threads)
         if not args.out.lower().endswith(OUTPUT_SUFFIXES):
             raise ValueError(f"--out {args.out}: suffix must be one of {', '.join(OUTPUT_SUFFIXES)}")
         model = load_model_file(args.model, device=args.device)

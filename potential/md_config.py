@@ -52,6 +52,7 @@ class MDConfig:
     pdamp: float | None = None  # fs, MTK / Berendsen barostat time
     compressibility: float = 0.01  # 1/GPa, Berendsen barostat only (Cu: ~1/140)
     skin: float = 1.0  # Å, Verlet-list skin of the calculator
+    threads: int | None = None  # torch intra-op threads; None = torch's default (1 is best for small CPU systems)
     progress: bool = True  # tqdm bar (shown on terminals only)
 
     @classmethod
@@ -112,6 +113,8 @@ class MDConfig:
         integer("steps", 0)
         integer("interval", 1)
         integer("seed", 0)
+        if self.threads is not None:
+            integer("threads", 1)
         for key in ("model", "trajectory", "log"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), (str, Path)):
                 bad(key, "must be a path")
@@ -163,9 +166,8 @@ def build_structure(spec: str | Path | dict, base_dir: str | Path | None = None)
     kind = kinds[0]
     for key in spec:
         if key not in _BUILD_KEYS[kind]:
-            raise ValueError(
-                f"structure: unknown key {key!r} for a {kind!r} structure; known: {', '.join(sorted(_BUILD_KEYS[kind]))}"
-            )
+            known = ", ".join(sorted(_BUILD_KEYS[kind]))
+            raise ValueError(f"structure: unknown key {key!r} for a {kind!r} structure; known: {known}")
     opts = {k: v for k, v in spec.items() if k not in (kind, "repeat", "index", "vacuum")}
     try:
         if kind == "bulk":
@@ -182,13 +184,13 @@ def build_structure(spec: str | Path | dict, base_dir: str | Path | None = None)
             if not path.is_file():
                 raise FileNotFoundError(f"structure file not found: {spec['path']}")
             atoms = ase.io.read(path, index=spec.get("index", -1))
-            if not isinstance(atoms, ase.Atoms):
-                raise ValueError(f"structure: index {spec.get('index')!r} of {path} must select one frame")
             name = str(path)
-    except (FileNotFoundError, ValueError):
+    except FileNotFoundError:
         raise
-    except Exception as e:  # ASE raises KeyError, StopIteration, ... for bad input
+    except Exception as e:  # ASE raises ValueError, KeyError, StopIteration, ... for bad input
         raise ValueError(f"structure {spec!r}: cannot build or read it: {type(e).__name__}: {e}") from e
+    if not isinstance(atoms, ase.Atoms):
+        raise ValueError(f"structure: index {spec.get('index')!r} of {name} must select one frame, not several")
     if "repeat" in spec:
         rep = spec["repeat"]
         try:

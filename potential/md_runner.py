@@ -222,6 +222,10 @@ def run_md(atoms: ase.Atoms, cfg: MDConfig, calculator=None, name: str = "struct
     ``potential.Calculator`` on ``cfg.device``.
     """
     cfg.validate()
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     if calculator is None:
         if cfg.model is None:
             raise ValueError("no model given: set --model (or 'model:' in the config)")

@@ -36,6 +36,7 @@ from .evaluate import as_structure, evaluate
 
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".xyz", ".extxyz", ".csv")
 H5_SUFFIXES = (".h5", ".hdf5")
+UNITS = {"energy": "eV", "positions": "Å", "forces": "eV/Å", "stress": "eV/Å^3"}
 
 
 def read_input(path: str | Path):
@@ -193,7 +194,7 @@ def _write_h5(path: Path, atoms_list, results, relaxed: bool, meta: dict) -> Non
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs.update(format="tumbler-screen", format_version=1, relax=relaxed)
-            f.attrs["units"] = json.dumps({"energy": "eV", "positions": "Å", "forces": "eV/Å", "stress": "eV/Å^3"})
+            f.attrs["units"] = json.dumps(UNITS, ensure_ascii=False)
             for k, v in meta.items():
                 f.attrs[k] = "" if v is None else v
             f["ptr"], f["num_atoms"] = ptr, counts

@@ -108,3 +108,17 @@ def test_structure_specs(tmp_path):
         build_structure("missing.xyz")
     atoms, _ = build_structure({"molecule": "H2O", "vacuum": 3.0})
     assert len(atoms) == 3 and not atoms.pbc.any()
+
+
+def test_molecule_nve_logs_nan_pressure(cu_model, make_cu, tmp_path):
+    from potential import Calculator
+
+    cluster = make_cu(1)
+    cluster.pbc = False
+    cluster.cell = None  # a free Cu4 cluster: no cell, no stress, no pressure
+    cfg = MDConfig(ensemble="nve", temperature=100.0, steps=10, interval=5, log=str(tmp_path / "m.log"),
+                   trajectory=str(tmp_path / "m.xyz"), progress=False)
+    res = run_md(cluster, cfg, calculator=Calculator(cu_model))
+    assert [r["step"] for r in res.rows] == [0, 5, 10]
+    assert all(np.isnan(r["pressure_GPa"]) and np.isnan(r["volume_A3"]) for r in res.rows)
+    assert len(ase.io.read(tmp_path / "m.xyz", ":")) == 3
