@@ -16,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .model import ModelConfig, Potential
@@ -34,10 +35,29 @@ def _tumbler_version() -> str:
         return "unknown"
 
 
+def _plain(value, where: str):
+    """``value`` as plain Python data (what ``torch.load(weights_only=True)`` reads back): numpy scalars and
+    arrays become Python numbers and lists, tuples become lists; tensors stay; anything else is a TypeError."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{k}]") for k, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {_plain(k, where): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TypeError(f"save_model: {where} is a {type(value).__name__}; extra may hold only numbers, strings, "
+                    f"lists, dicts, None and tensors")
+
+
 def save_model(model: Potential, path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Write ``model`` (config + weights) to ``path`` atomically; ``extra`` is stored as given."""
+    """Write ``model`` (config + weights) to ``path`` atomically. ``extra`` (metrics, notes ...) is stored as
+    plain data: numpy values become Python numbers / lists; other objects are a TypeError."""
     if not isinstance(model, Potential):
         raise TypeError(f"save_model: expected a potential.Potential, got {type(model).__name__}")
+    extra = _plain(extra, "extra")
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {

@@ -31,7 +31,7 @@ from .layers import Interaction, LinearReadout, NonLinearReadout, ProductBasis, 
 from .radial import BesselBasis, PolynomialEnvelope
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = tuple(kernels.BACKENDS)  # "auto", "reference", "triton"
 MAX_Z = 118
 
 

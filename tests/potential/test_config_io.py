@@ -104,3 +104,12 @@ def test_set_energy_reference(make_model, props):
     out = props.evaluate(model, [Atoms("O", positions=[[0, 0, 0]])])
     assert out["energy"][0] == -3.0
     assert dataclasses.replace(model.config).scale == 0.7
+
+
+def test_extra_is_stored_as_plain_data(model, tmp_path):
+    path = tmp_path / "model.pt"
+    save_model(model, path, extra={"rmse": np.float32(0.5), "curve": np.arange(3), "pair": (1, "a")})
+    assert read_model_file(path)["extra"] == {"rmse": 0.5, "curve": [0, 1, 2], "pair": [1, "a"]}
+    with pytest.raises(TypeError, match=r"extra\['bad'\] is a object"):
+        save_model(model, path, extra={"bad": object()})
+    assert read_model_file(path)["extra"]["rmse"] == 0.5  # the failed save left the old file intact
