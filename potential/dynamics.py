@@ -9,10 +9,11 @@ API (what md.py --engine gpu calls):
 
     from potential.dynamics import Dynamics
     dyn = Dynamics(model, atoms_or_list, timestep=1.0, thermostat=None | "langevin" | "baoab" | "bussi",
-                   temperature=300.0 or [T_0, ..., T_B-1], friction=0.01, tdamp=100.0, seed=0, skin=1.0)
+                   temperature=300.0 or [T_0, ..., T_B-1], friction=0.01, tdamp=100.0, seed=0, skin=1.0,
+                   stress=False, device=None)   # device: moves the model there (else the model's device)
     dyn.run(steps, interval=10, callback=fn)   # fn(dyn) after every `interval` steps (and before step 1)
-    dyn.observables() -> dict of numpy arrays [B]: epot, ekin, etot (eV), temperature (K), and if stress:
-                         stress [B, 3, 3] (eV/Å^3, ASE sign, potential part), pressure (GPa, with kinetic part)
+    dyn.observables() -> dict of numpy arrays [B]: epot, ekin, etot (eV), temperature (K), volume (Å^3), and
+                         if stress: stress [B, 3, 3] (eV/Å^3, ASE sign, potential part), pressure (GPa, + kinetic)
     dyn.get_atoms() -> list of ase.Atoms (positions, momenta, a SinglePointCalculator with energy/forces)
     dyn.nsteps, dyn.time_fs, dyn.rebuilds, dyn.step()
 
@@ -108,10 +109,16 @@ class Dynamics:
     def __init__(self, model, atoms, timestep: float = 1.0, thermostat: str | None = None,
                  temperature: float | Sequence[float] | None = None, friction: float = 0.01, tdamp: float = 100.0,
                  seed: int = 0, skin: float = 1.0, stress: bool = False, cuda_graph: bool | None = None,
-                 noise=None, headroom: float = 1.2):
+                 noise=None, headroom: float = 1.1, device=None):
         if thermostat not in THERMOSTATS:
             raise ValueError(f"Dynamics: thermostat={thermostat!r}: choose one of {THERMOSTATS}")
         atoms_list = [atoms] if isinstance(atoms, Atoms) else list(atoms)
+        for k, a in enumerate(atoms_list):
+            if a.constraints:
+                raise ValueError(f"Dynamics: structure {k} has constraints {a.constraints}; the device engine has "
+                                 "none (run it through ASE with potential.Calculator)")
+        if device is not None:
+            model = model.to(device)
         self.device = device = next(model.parameters()).device
         state = batch_atoms(atoms_list, device)
         self.atoms_list = atoms_list
@@ -137,6 +144,11 @@ class Dynamics:
                 raise ValueError(f"Dynamics: friction must be > 0 (1/fs), got {friction}")
             if not tdamp > 0 and thermostat == "bussi":
                 raise ValueError(f"Dynamics: tdamp must be > 0 (fs), got {tdamp}")
+            if thermostat == "bussi":
+                ekin0 = [float((a.get_kinetic_energy())) for a in atoms_list]
+                if min(ekin0) <= 1e-12:
+                    raise ValueError(f"Dynamics: Bussi needs non-zero initial velocities (structure "
+                                     f"{int(np.argmin(ekin0))} has none); draw them with MaxwellBoltzmannDistribution")
         self.friction = float(friction) / units.fs  # 1 / ASE time
         self.tdamp = float(tdamp) * units.fs
         self.static = StaticStep(model, self.numbers, self.ptr, self.cell, self.pbc, skin=skin, stress=stress,
@@ -276,17 +288,22 @@ class Dynamics:
         return 0.5 * self._segment_sum((self.momenta * self.momenta / self.masses).sum(dim=1))
 
     def observables(self) -> dict:
-        """Host copies [B]: epot, ekin, etot (eV), temperature (K); stress, pressure (GPa) if stress=True."""
+        """Host copies [B]: epot, ekin, etot (eV), temperature (K), volume (Å^3; nan unless 3D periodic);
+        with stress=True also stress [B, 3, 3] (eV/Å^3, potential part, ASE sign) and pressure (GPa, with the
+        kinetic term, as ASE's barostats see it; nan unless 3D periodic)."""
         ekin = self.kinetic_energy()
         out = {"epot": self.energy.cpu().numpy(), "ekin": ekin.cpu().numpy()}
         out["etot"] = out["epot"] + out["ekin"]
         out["temperature"] = (2.0 * ekin / (self.ndof * units.kB)).cpu().numpy()
+        periodic = self.static.periodic.cpu().numpy()
+        volume = np.abs(np.linalg.det(self.cell.cpu().numpy()))
+        out["volume"] = np.where(periodic, volume, np.nan)
         if self.stress:
             stress = self.stress_tensor.cpu().numpy()
-            volume = np.abs(np.linalg.det(self.cell.cpu().numpy()))
-            kinetic = np.divide(2.0 * out["ekin"] / 3.0, volume, out=np.zeros_like(volume), where=volume > 0)
+            kinetic = np.divide(2.0 * out["ekin"] / 3.0, volume, out=np.zeros_like(volume), where=periodic)
             out["stress"] = stress
-            out["pressure"] = (-np.trace(stress, axis1=1, axis2=2) / 3.0 + kinetic) / units.GPa
+            out["pressure"] = np.where(periodic, (-np.trace(stress, axis1=1, axis2=2) / 3.0 + kinetic) / units.GPa,
+                                       np.nan)
         return out
 
     def get_atoms(self) -> list[Atoms]:

@@ -48,7 +48,7 @@ class StaticStep:
     """Padded, capture-safe evaluation of `model` on a fixed batch of structures (see the module docstring)."""
 
     def __init__(self, model, numbers, ptr, cell, pbc, skin: float = 1.0, stress: bool = False,
-                 cuda_graph: bool | None = None, headroom: float = 1.2):
+                 cuda_graph: bool | None = None, headroom: float = 1.1):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = model.dtype

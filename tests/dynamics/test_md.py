@@ -141,3 +141,26 @@ def test_bad_arguments(model):
         Dynamics(model, atoms, thermostat="nose")
     with pytest.raises(ValueError, match="temperature"):
         Dynamics(model, atoms, thermostat="langevin")
+
+
+def test_observables_pressure_and_volume_match_ase(model):
+    atoms = with_velocities(cu_triclinic() * (2, 1, 1), 500, seed=6)
+    dyn = Dynamics(model, [atoms, molecule("H2O")], stress=True, skin=SKIN)
+    obs = dyn.observables()
+    ref = ase_copy(atoms, model)
+    pressure = -np.mean(ref.get_stress(include_ideal_gas=True)[:3]) / units.GPa
+    assert obs["pressure"][0] == pytest.approx(pressure, rel=1e-9)
+    assert obs["volume"][0] == pytest.approx(ref.get_volume(), rel=1e-12)
+    assert np.isnan(obs["pressure"][1]) and np.isnan(obs["volume"][1])
+    np.testing.assert_allclose(obs["stress"][0], ref.get_stress(voigt=False), rtol=0, atol=1e-10)
+
+
+def test_bussi_needs_velocities_and_constraints_are_refused(model):
+    from ase.constraints import FixAtoms
+
+    with pytest.raises(ValueError, match="non-zero initial velocities"):
+        Dynamics(model, molecule("H2O"), thermostat="bussi", temperature=300)
+    fixed = molecule("H2O")
+    fixed.set_constraint(FixAtoms([0]))
+    with pytest.raises(ValueError, match="constraints"):
+        Dynamics(model, fixed)
