@@ -109,7 +109,7 @@ class Dynamics:
     def __init__(self, model, atoms, timestep: float = 1.0, thermostat: str | None = None,
                  temperature: float | Sequence[float] | None = None, friction: float = 0.01, tdamp: float = 100.0,
                  seed: int = 0, skin: float = 1.0, stress: bool = False, cuda_graph: bool | None = None,
-                 noise=None, headroom: float = 1.1, device=None):
+                 noise=None, headroom: float = 1.1, device=None, contraction: str = "auto"):
         if thermostat not in THERMOSTATS:
             raise ValueError(f"Dynamics: thermostat={thermostat!r}: choose one of {THERMOSTATS}")
         atoms_list = [atoms] if isinstance(atoms, Atoms) else list(atoms)
@@ -152,7 +152,7 @@ class Dynamics:
         self.friction = float(friction) / units.fs  # 1 / ASE time
         self.tdamp = float(tdamp) * units.fs
         self.static = StaticStep(model, self.numbers, self.ptr, self.cell, self.pbc, skin=skin, stress=stress,
-                                 cuda_graph=cuda_graph, headroom=headroom)
+                                 cuda_graph=cuda_graph, headroom=headroom, contraction=contraction)
         self.stress = bool(stress)
         use_graphs = self.static.cuda_graph and noise is None
         self.generator = torch.Generator(device=device)

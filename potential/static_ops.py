@@ -88,3 +88,20 @@ def grouped_contraction(species: torch.Tensor, num_species: int):
         return out.contiguous() if single else out.index_select(0, inverse)
 
     return symmetric_contraction
+
+
+def triton_contraction(species: torch.Tensor, num_species: int, channels: int):
+    """The Triton backend's fused contraction with its species plan (sort + offsets) made once here, so no
+    call reads the device; same signature as above. Built on kernels.autograd.PolyForm and
+    kernels.triton.contraction (make_plan, base_form); raises ImportError/AttributeError when they are absent."""
+    from kernels import autograd as kernel_autograd
+    from kernels.triton import contraction as triton_sc
+
+    plan = triton_sc.make_plan(species, num_species, channels)
+
+    def symmetric_contraction(node_feats, species_arg, weights, spec):
+        form = triton_sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
+        (out,) = kernel_autograd.PolyForm.apply(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
+        return out
+
+    return symmetric_contraction

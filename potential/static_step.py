@@ -16,7 +16,10 @@
   torch.cuda.CUDAGraph and replayed; on CPU the same padded computation runs eagerly (that is what CI tests).
 - The model's node energy is re-expressed here without host syncs: the kernels Graph is built once per
   rebuild (not validated each call) and the symmetric contraction groups atoms by species with an ordering
-  fixed at construction (the reference op counts species on the host every call, which a graph cannot do).
+  fixed at construction (the backends' ops count or check species on the host every call, which a graph cannot
+  do): on CUDA with Triton, the Triton contraction with a species plan made once (contraction="auto"/"triton"),
+  else the torch one of potential/static_ops.py ("grouped"); a capture that fails with the former is retried
+  with the latter, and one that fails again falls back to eager with a warning.
   Spherical harmonics and the convolution are the model's own backend ops. `_node_energy` mirrors
   `Potential._node_energy` term by term; tests/dynamics checks both agree to float64 rounding.
 
@@ -35,7 +38,7 @@ import torch
 import kernels
 
 from .device_neighbors import BatchNeighbors
-from .static_ops import grouped_contraction
+from .static_ops import grouped_contraction, triton_contraction
 
 EDGE_BUCKET = 256  # edge counts are padded to a multiple of this
 
@@ -48,7 +51,7 @@ class StaticStep:
     """Padded, capture-safe evaluation of `model` on a fixed batch of structures (see the module docstring)."""
 
     def __init__(self, model, numbers, ptr, cell, pbc, skin: float = 1.0, stress: bool = False,
-                 cuda_graph: bool | None = None, headroom: float = 1.1):
+                 cuda_graph: bool | None = None, headroom: float = 1.1, contraction: str = "auto"):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = model.dtype
@@ -75,13 +78,29 @@ class StaticStep:
         self.neighbors = BatchNeighbors(ptr, cell, pbc, model.r_max, skin)
         self.positions = torch.zeros(n + 1, 3, dtype=self.dtype, device=dev)  # [N+1, 3] input buffer
         self.far = torch.tensor([2.0 * model.r_max + 1.0, 0.0, 0.0], dtype=self.dtype, device=dev)  # Å
-        self.ops = kernels.Ops("static", model.ops.spherical_harmonics, model.ops.edge_conv,
-                               grouped_contraction(self.species, len(model.elements)))
+        if contraction not in ("auto", "grouped", "triton"):
+            raise ValueError(f"StaticStep: contraction={contraction!r}: choose 'auto', 'grouped' or 'triton'")
+        self.contraction = "grouped"
+        if contraction == "triton" or (contraction == "auto" and dev.type == "cuda" and model.backend != "reference"
+                                       and kernels.triton_available()):
+            try:
+                self._set_ops(triton_contraction(self.species, len(model.elements), model.config.channels), "triton")
+            except (ImportError, AttributeError) as exc:
+                if contraction == "triton":
+                    raise RuntimeError(f"StaticStep: the Triton contraction is unavailable ({exc})") from exc
+        if self.contraction == "grouped":
+            self._set_ops(grouped_contraction(self.species, len(model.elements)), "grouped")
         self._update_volume()
         self.num_pad_edges = 0
         self.captures = 0
         self._graph = None
         self._out = None
+
+    def _set_ops(self, contraction_op, name: str) -> None:
+        """Spherical harmonics and conv from the model's backend; the species-fixed contraction `name`."""
+        ops = self.model.ops
+        self.ops = kernels.Ops("static", ops.spherical_harmonics, ops.edge_conv, contraction_op)
+        self.contraction = name
 
     # ------------------------------------------------------------------ state
     def _update_volume(self) -> None:
@@ -142,6 +161,8 @@ class StaticStep:
             return self._compute()
         if self._graph is None:
             self._capture()
+            if not self.cuda_graph:
+                return self._compute()
         self._graph.replay()
         return self._out
 
@@ -157,11 +178,16 @@ class StaticStep:
         try:
             with torch.cuda.graph(graph):
                 out = self._compute()
-        except RuntimeError as exc:  # an op that syncs the host cannot be captured: run eagerly instead
+        except RuntimeError as exc:  # an op that syncs the host cannot be captured
+            torch.cuda.synchronize(self.device)
+            if self.contraction != "grouped":  # retry with the torch contraction before giving up on graphs
+                warnings.warn(f"StaticStep: CUDA graph capture failed with the {self.contraction} contraction "
+                              f"({exc}); retrying with the grouped one", RuntimeWarning, stacklevel=3)
+                self._set_ops(grouped_contraction(self.species, len(self.model.elements)), "grouped")
+                return self._capture()
             warnings.warn(f"StaticStep: CUDA graph capture failed ({exc}); running the padded step eagerly",
                           RuntimeWarning, stacklevel=3)
             self.cuda_graph = False
-            torch.cuda.synchronize(self.device)
             self._out = None
             return
         self._graph, self._out = graph, out

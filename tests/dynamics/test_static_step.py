@@ -4,6 +4,8 @@ Budget: ~10 s on 2 CPU cores."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,36 @@ def test_unknown_element_and_cpu_graph_errors(model):
         static_for(model, [molecule("H2O"), __import__("ase").Atoms("Fe2", positions=[[0, 0, 0], [2, 0, 0]])])
     with pytest.raises(ValueError, match="cuda_graph"):
         static_for(model, [molecule("H2O")], cuda_graph=True)
+
+
+def test_triton_contraction_with_a_fixed_plan():
+    """The species-fixed Triton contraction gives the eager numbers too (Triton's CPU interpreter, which must be
+    switched on before Triton is imported: a subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    import kernels
+
+    if not kernels.triton_available():
+        pytest.skip("kernels.triton unavailable")
+    code = """
+import sys, torch
+from ase.build import molecule
+import data
+from potential.static_step import StaticStep
+sys.path.insert(0, %r)
+from conftest import make_model
+model = make_model()
+atoms_list = [molecule("H2O"), molecule("CH4")]
+batch = data.Batch.from_atoms(atoms_list, model.r_max)
+step = StaticStep(model, batch.numbers, batch.ptr, batch.cell, batch.pbc, skin=0.3, contraction="triton")
+out, ref = step(batch.positions), model(batch)
+assert step.contraction == "triton"
+torch.testing.assert_close(out["energy"], ref["energy"], rtol=0, atol=1e-10)
+torch.testing.assert_close(out["forces"], ref["forces"], rtol=0, atol=1e-10)
+print("ok")
+""" % str(Path(__file__).parent)
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
