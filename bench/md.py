@@ -187,15 +187,18 @@ def part_engine(bench):
     cases = [(name, model_cu, [with_velocities(make(), 300)], None) for name, make in systems(a.quick).items()]
     temps = np.linspace(300, 900, a.replicas)
     cases.append(("3bpa64", model_bpa, [with_velocities(bpa(), t, seed=k) for k, t in enumerate(temps)], temps))
+    variants = [(None, "auto")]  # (cuda_graph, contraction)
+    extra = [(True, "grouped"), (False, "auto")] if bench.device.type == "cuda" else []
     for name, model, atoms_list, temps in cases:
-        for graph in ([True, False] if bench.device.type == "cuda" and name == "cu864" else [None]):
+        for graph, contraction in variants + (extra if name == "cu864" else []):
             if bench.left() < 20:
                 bench.row(part="engine", system=name, skipped="budget")
                 continue
             try:
                 bench.reset_peak()
                 kw = dict(thermostat="langevin", temperature=temps, friction=0.01) if temps is not None else {}
-                dyn = Dynamics(model, atoms_list, timestep=1.0, skin=a.skin, cuda_graph=graph, seed=0, **kw)
+                dyn = Dynamics(model, atoms_list, timestep=1.0, skin=a.skin, cuda_graph=graph, seed=0,
+                               contraction=contraction, **kw)
                 n_atoms = dyn.positions.shape[0]
                 # the padded, captured step against the eager unpadded Potential at the same positions
                 import data
@@ -204,7 +207,9 @@ def part_engine(bench):
                 ref = model(batch)["forces"].double()
                 err = float((dyn.forces - ref).norm() / ref.norm())
                 t = time_engine(bench, dyn, steps if n_atoms < 3000 else max(steps // 2, 10), warm)
-                bench.row(part="engine", impl="tumbler-engine" + ("" if graph in (None, True) else "-nograph"),
+                impl = "tumbler-engine" + ("" if graph in (None, True) else "-nograph")
+                impl += "" if contraction == "auto" else f"-{contraction}"
+                bench.row(part="engine", impl=impl, contraction=dyn.static.contraction,
                           system=name, atoms=n_atoms, structures=dyn.num_structures, ms_per_step=t * 1e3,
                           atom_steps_per_s=n_atoms / t, rebuilds=dyn.rebuilds, captures=dyn.static.captures,
                           cuda_graph=dyn.static.cuda_graph, edges=dyn.static.num_edges,
@@ -278,7 +283,7 @@ def part_maxsize(bench):
 
     a = bench.args
     sizes = [int(s) for s in a.max_sizes.split(",")]
-    impls = ["tumbler-engine"] + [f"mace-{b}" for b in a.mace_backends.split(",") if b]
+    impls = ["tumbler-engine"] + [f"mace-{b}" for b in a.maxsize_backends.split(",") if b]
     model = ours_model([29], bench.device, a.quick)
     path = None
     for impl in impls:
@@ -324,7 +329,8 @@ def table(results):
             continue
         note = r.get("error") or r.get("skipped") or ""
         if "rebuilds" in r:
-            note = f"rebuilds {r['rebuilds']} edges {r['edges']}/{r['pad_edges']} err {r['force_rel_err_vs_eager']:.1e}"
+            note = (f"graph {int(r['cuda_graph'])} sc {r['contraction']} rebuilds {r['rebuilds']} "
+                    f"edges {r['edges']}/{r['pad_edges']} err {r['force_rel_err_vs_eager']:.1e}")
         if r.get("part") == "maxsize_result":
             lines.append(f"{'maxsize':9} {r['impl']:26} {'cu fcc':8} {str(r.get('largest_atoms')):>7}")
             continue
@@ -344,7 +350,8 @@ def main(argv=None):
     p.add_argument("--replicas", type=int, default=64)
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin, Å (ours)")
     p.add_argument("--mace-backends", default="cueq,e3nn,oeq")
-    p.add_argument("--max-sizes", default="16,22,28,34,40", help="fcc Cu n for the n^3 x 4 atom memory test")
+    p.add_argument("--maxsize-backends", default="cueq,e3nn", help="MACE backends in the memory test")
+    p.add_argument("--max-sizes", default="22,30,40", help="fcc Cu n for the n^3 x 4 atom memory test")
     p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new rows after this many seconds")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; CPU is fine)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
