@@ -65,3 +65,16 @@ def test_relax_batch_argument_errors(fire_model):
         relax_batch(fire_model, [molecule("H2O")], dtstart=0.2)
     with pytest.raises(ValueError, match="fmax"):
         relax_batch(fire_model, [molecule("H2O")], fmax=0.0)
+
+
+def test_compaction_and_chunks_do_not_change_results(fire_model):
+    structures = candidates()[:3]
+    runs = [relax_batch(fire_model, [a.copy() for a in structures], fmax=0.01, max_steps=60, **kw)
+            for kw in (dict(compact=False), dict(compact=True), dict(batch_atoms=8))]
+    for other in runs[1:]:
+        for r0, r1 in zip(runs[0], other):
+            assert r0["steps"] == r1["steps"] and r0["converged"] == r1["converged"]
+            assert r0["energy"] == pytest.approx(r1["energy"], abs=1e-10)
+            np.testing.assert_allclose(r0["forces"], r1["forces"], rtol=0, atol=1e-10)
+    unmoved = relax_batch(fire_model, [a.copy() for a in structures], fmax=0.01, max_steps=0)
+    assert [r["steps"] for r in unmoved] == [0, 0, 0]
