@@ -17,6 +17,17 @@ API (what md.py --engine gpu calls):
     dyn.get_atoms() -> list of ase.Atoms (positions, momenta, a SinglePointCalculator with energy/forces)
     dyn.nsteps, dyn.time_fs, dyn.rebuilds, dyn.step()
 
+Wiring md.py --engine gpu (nve, or nvt with langevin / bussi; nose-hoover and npt stay on ASE's integrators):
+
+    model = potential.load_model(path, device="cuda")
+    dyn = Dynamics(model, atoms, timestep=cfg.timestep, thermostat=None if cfg.ensemble == "nve" else cfg.thermostat,
+                   temperature=cfg.temperature, friction=cfg.friction, tdamp=cfg.tdamp or 100 * cfg.timestep,
+                   seed=cfg.seed, skin=cfg.skin, stress=<3D periodic>)
+    def log(d):   # one CSV row / trajectory frame per structure: o[key][b]
+        o = d.observables(); frames = d.get_atoms()   # d.nsteps, d.time_fs
+    dyn.run(cfg.steps, interval=cfg.interval, callback=log)
+  and screen.py --engine gpu --relax: potential.fire.relax_batch(model, atoms_list, fmax, max_steps, batch_atoms=...).
+
 Conventions: ASE units inside (Å, eV, amu, time in ASE units; timestep and tdamp are given in fs, friction in
 1/fs). Velocities are taken from the Atoms' momenta (set them with MaxwellBoltzmannDistribution first).
 Integrators, each identical to its ASE counterpart for one structure:
