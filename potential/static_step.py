@@ -104,9 +104,15 @@ class StaticStep:
 
     # ------------------------------------------------------------------ state
     def _update_volume(self) -> None:
+        """periodic [B] and inv_volume [B] (1/Å^3, 0 unless 3D periodic), in place: a captured graph reads them."""
         volume = torch.linalg.det(self.cell[: self.num_structures].double()).abs()  # [B] Å^3
-        self.periodic = self.pbc.all(dim=1) & (volume > 0)  # [B]
-        self.inv_volume = torch.where(self.periodic, 1.0 / torch.where(self.periodic, volume, 1.0), 0.0)
+        periodic = self.pbc.all(dim=1) & (volume > 0)
+        inv_volume = torch.where(periodic, 1.0 / torch.where(periodic, volume, 1.0), 0.0)
+        if not hasattr(self, "inv_volume"):
+            self.periodic, self.inv_volume = periodic, inv_volume
+        else:
+            self.periodic.copy_(periodic)
+            self.inv_volume.copy_(inv_volume)
 
     def set_cell(self, cell) -> None:
         """New cells [B, 3, 3] (Å), e.g. for NPT: periodic structures get new lists at the next call."""

@@ -52,3 +52,25 @@ def test_fire_on_gpu_matches_cpu():
     for c, g in zip(cpu, gpu):
         assert c["steps"] == g["steps"] and c["converged"] == g["converged"]
         assert c["energy"] == pytest.approx(g["energy"], abs=1e-8)
+
+
+def test_set_cell_with_a_captured_graph():
+    """A strained cell reaches the captured graph (cell, volume and lists are updated in place)."""
+    import data
+    from potential.static_step import StaticStep
+
+    model = make_model().cuda()
+    atoms_list = [cu_cubic() * (2, 1, 1), cu_triclinic()]
+    batch = data.Batch.from_atoms(atoms_list, model.r_max, device="cuda")
+    step = StaticStep(model, batch.numbers, batch.ptr, batch.cell, batch.pbc, skin=0.5, stress=True)
+    step(batch.positions)
+    strained = [a.copy() for a in atoms_list]
+    for a in strained:
+        a.set_cell(a.cell[:] @ np.array([[1.03, 0.01, 0.0], [0.0, 0.98, 0.0], [0.0, 0.0, 1.02]]), scale_atoms=True)
+    new = data.Batch.from_atoms(strained, model.r_max, device="cuda")
+    step.set_cell(new.cell)
+    out = step(new.positions)
+    ref = model(new, stress=True)
+    assert step.captures == 1
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-10)
