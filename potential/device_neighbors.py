@@ -62,7 +62,7 @@ class BatchNeighbors:
         self.ref_positions = torch.zeros(num_atoms, 3, dtype=torch.float64, device=self.device)
         self.stale = torch.ones(self.num_structures, dtype=torch.bool, device=self.device)
         self.rebuilds = 0  # number of update() calls that rebuilt something
-        self._host_search = False  # set when vesin's device path fails: search on the CPU instead
+        self.host_search = False  # set when vesin's device path fails: search on the CPU instead
         self.edges = None  # (senders [E], receivers [E], shifts [E, 3] float64) of the whole batch
 
     def _candidate_pairs(self, group, sizes):
@@ -124,7 +124,7 @@ class BatchNeighbors:
     def _build_single(self, positions, b):
         lo, hi = self.ptr[b], self.ptr[b + 1]
         cell = self.cell[b] if bool(self.pbc[b].any()) else torch.zeros_like(self.cell[b])
-        if not self._host_search:
+        if not self.host_search:
             try:
                 s, r, sh = data.neighbor_list(positions[lo:hi], cell, self.pbc[b], self.radius)
                 return s + lo, r + lo, sh.to(torch.int64)
@@ -133,7 +133,7 @@ class BatchNeighbors:
                     raise
                 warnings.warn(f"BatchNeighbors: vesin on {self.device} failed ({exc}); neighbour lists are searched "
                               "on the CPU from now on", RuntimeWarning, stacklevel=2)
-                self._host_search = True
+                self.host_search = True
         s, r, sh = data.neighbor_list(positions[lo:hi].cpu(), cell.cpu(), self.pbc[b].cpu(), self.radius)
         return s.to(self.device) + lo, r.to(self.device) + lo, sh.to(device=self.device, dtype=torch.int64)
 
