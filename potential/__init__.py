@@ -8,3 +8,7 @@ from .calculator import Calculator
 from .io import FORMAT, FORMAT_VERSION, load_model, read_model_file, save_model
 from .irreps import Irreps
 from .model import ModelConfig, Potential
+
+# training (training engineer): the YAML config tree and the run behind train.py
+from .config import ConfigError, TrainConfig, load_config
+from .training import Trainer, TrainingError, run as run_training

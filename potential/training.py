@@ -13,7 +13,8 @@
 Restarts are exact: data order depends only on (seed, epoch) (the sampler's generator is reseeded every epoch)
 and the checkpoint holds model, EMA, optimizer, schedulers, RNG states and counters. Distributed data
 parallel runs start under torchrun (WORLD_SIZE > 1): each process takes batch_size structures per step, the
-gradients are averaged with all_reduce, and rank 0 validates-writes everything.
+gradients are averaged with all_reduce, every process validates on the whole validation set (so all agree on
+the best model and the scheduler), rank 0's clock decides time-budget stops, and rank 0 writes every file.
 """
 
 from __future__ import annotations

@@ -121,3 +121,16 @@ def test_huge_lr_is_caught_by_the_cli(cu_h5, make_config, tmp_path, capsys):
     dump_config(make_config(cu_h5), path)
     assert train.main(["--config", str(path), "--set", "training.lr=1e30", "--set", "training.clip_grad_norm=null"]) == 1
     assert "non-finite" in capsys.readouterr().err
+
+
+def test_stage_two_cosine_huber_and_time_budget(cu_h5, make_config, tmp_path):
+    cfg = make_config(cu_h5, training={"max_epochs": 3, "optimizer": "adam", "scheduler": "cosine", "huber_delta": 0.01,
+                                       "ema_decay": None, "stage_two": {"start_epoch": 2, "lr": 0.002}})
+    training.run(cfg)
+    rows = _metrics(tmp_path / "run")
+    assert [r["stage"] for r in rows] == ["1", "1", "2"] and float(rows[-1]["lr"]) == 0.002
+    assert float(rows[1]["lr"]) < 0.01                                   # cosine decayed before stage two
+    budget = make_config(cu_h5, output_dir=str(tmp_path / "budget"),
+                         training={"max_epochs": None, "time_budget_minutes": 1e-4})
+    training.run(budget)
+    assert len(_metrics(tmp_path / "budget")) == 1                       # one epoch, then out of time
