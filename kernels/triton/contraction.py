@@ -55,8 +55,8 @@ def tile_config(C: int) -> tuple[int, int, int, int]:
         nb, bc, ch, nw = (int(v) for v in env.split(","))
         return nb, min(bc, next_pow2(C)), ch, nw
     bc = min(next_pow2(C), 32)
-    nb = 8
-    return nb, bc, 64, 4
+    nb = 4  # one tile element per thread: the derivative forms hold hundreds of monomials live
+    return nb, bc, 64, max(1, nb * bc // 32)
 
 
 def make_plan(species: torch.Tensor, num_species: int, C: int) -> Plan:

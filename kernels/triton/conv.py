@@ -65,24 +65,30 @@ def _interp() -> bool:
 
 
 def node_config(C: int, K: int) -> tuple[int, int, int]:
-    """(edges per tile BE, channels per tile BC, num_warps) for the segment kernels."""
+    """(edges per tile BE, channels per tile BC, num_warps) for the segment kernels.
+
+    Chosen from sm_90 register reports (bench/compile_report.py, bench/NOTES.md): about two tile
+    elements per thread when the gathered tensor has <= 4 components, one above that, so that the
+    K accumulators and gathered components stay in registers without spills."""
     env = os.environ.get("TUMBLER_CONV_NODE_CFG")
     if env:
         be, bc, nw = (int(x) for x in env.split(","))
         return be, min(bc, next_pow2(C)), nw
     bc = min(next_pow2(C), 32)
-    be = 16 if K <= 4 else 8
-    return be, bc, 4 if be * bc >= 256 else 2
+    be = 8 if K <= 4 else 4
+    return be, bc, max(1, min(4, be * bc // (64 if K <= 4 else 32)))
 
 
 def edge_config(C: int, K: int) -> tuple[int, int, int]:
+    """(edges per tile, channels per tile, num_warps) for the per-edge kernel: one tile element per
+    thread (it holds h, g, R and Y of an edge at once; K = max(K_in, K_out))."""
     env = os.environ.get("TUMBLER_CONV_EDGE_CFG")
     if env:
         be, bc, nw = (int(x) for x in env.split(","))
         return be, min(bc, next_pow2(C)), nw
     bc = min(next_pow2(C), 32)
-    be = 32 if K <= 4 else 16
-    return be, bc, 4
+    be = 4 if K <= 4 else 8
+    return be, bc, max(1, min(8, be * bc // 32))
 
 
 def _check(x: torch.Tensor, shape, what: str):

@@ -116,7 +116,7 @@ def kernel_source(name: str, form: Form, outs: tuple) -> str:
             return _name(fs[0])
         if fs not in prods:
             left = prod(fs[:-1])
-            prods[fs] = f"p{len(prods)}"
+            prods[fs] = f"tq{len(prods)}"
             L.append(f"        {prods[fs]} = {left} * {_name(fs[-1])}")
         return prods[fs]
 

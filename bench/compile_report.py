@@ -1,0 +1,76 @@
+"""Compile our generated kernels for sm_90 on this machine (no GPU needed) and report registers and
+stack (spill) bytes per tile configuration: the cheapest way to choose block shapes before a GPU run.
+
+    python bench/compile_report.py conv 1,3,3 recv 16,32,4 8,32,4
+    python bench/compile_report.py sc 3,1,3 bwd 8,32,64,4
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import triton
+from triton.backends.compiler import GPUTarget
+
+from kernels.triton import contraction as sc
+from kernels.triton import conv
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+NODE_SIG = {"X": "*fp32", "Y": "*fp32", "R": "*fp32", "OUT": "*fp32", "PTR": "*i64", "PERM": "*i64",
+            "GIDX": "*i64", "C": "i32", "BE": "constexpr", "BC": "constexpr", "USE_PERM": "constexpr"}
+EDGE_SIG = {"H": "*fp32", "G": "*fp32", "Y": "*fp32", "R": "*fp32", "DY": "*fp32", "DR": "*fp32",
+            "SEND": "*i64", "RECV": "*i64", "E": "i32", "C": "i32", "BE": "constexpr", "BC": "constexpr",
+            "NEED_Y": "constexpr", "NEED_R": "constexpr"}
+
+
+def usage(kernel, sig, constexprs, num_warps) -> str:
+    t = time.time()
+    c = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    dt = time.time() - t
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(c.asm["cubin"])
+    out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    regs = [w for line in out.splitlines() if "REG" in line for w in line.split() if w.startswith(("REG", "STACK"))]
+    return f"{' '.join(regs)} compile {dt:.1f}s"
+
+
+def sc_kernel(lmaxes, which):
+    form = sc.base_form(*lmaxes)
+    if which == "fwd":
+        return sc._kernel(form, (2,)), 3, 1
+    f2 = sc.pullback(form, 2)
+    if which == "bwd":
+        return sc._kernel(f2, (0, 1)), 4, 2
+    f3 = sc.pullback(f2, 0)
+    return sc._kernel(f3, (0, 1, 3)), 5, 3
+
+
+def main(argv):
+    op, lm, which, *cfgs = argv
+    lmaxes = tuple(int(v) for v in lm.split(","))
+    for cfg in cfgs:
+        vals = tuple(int(v) for v in cfg.split(","))
+        if op == "conv":
+            tab = conv.table_for(*lmaxes)
+            be, bc, nw = vals
+            if which == "edge":
+                k, sig, ce = conv._edge_kernel(tab), EDGE_SIG, dict(BE=be, BC=bc, NEED_Y=True, NEED_R=True)
+            else:
+                k = conv._recv_kernel(tab) if which == "recv" else conv._send_kernel(tab)
+                sig, ce = NODE_SIG, dict(BE=be, BC=bc, USE_PERM=which == "send")
+        else:
+            nb, bc, ch, nw = vals
+            k, ns, no = sc_kernel(lmaxes, which)
+            sig = {f"S{j}": "*fp32" for j in range(ns)} | {f"O{j}": "*fp32" for j in range(no)}
+            sig |= {"PERM": "*i64", "PTR": "*i64", "NCHUNK": "i32", "C": "i32", "CH": "constexpr", "NB": "constexpr",
+                    "BC": "constexpr"}
+            ce = dict(CH=ch, NB=nb, BC=bc)
+        print(op, lm, which, cfg, usage(k, sig, ce, nw), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,274 @@
+"""Kernel benchmark on one GPU: our Triton ops and the peers (bench/peers.py) side by side, one process.
+
+    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P] [--warm]
+
+--warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
+fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
+
+Passes (float32, CUDA-event medians): fwd (no grad), fwdbwd (gradients of all inputs for a random
+cotangent), dbl (force training: SH(vec) -> op -> E; F = dE/dvec with create_graph; loss(F) backward to
+the weights; for the contraction: gx = dE/dx with create_graph, loss(gx) backward to the weights).
+Memory floor: every distinct input of the pass read once and every output written once (bytes), over the
+time -> achieved GB/s. Prints a table last; JSON to bench/results/kernels-<gpu>-<date>.json (and $OUT).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kernels  # noqa: E402
+
+DEV = torch.device("cuda")
+F4 = 4  # bytes per float32
+CONV = [  # (name, lmax_in, channels, nodes, neighbours per node): the peers' baseline configs
+    ("32ch_l3_20k", 3, 32, 1000, 20),
+    ("128ch_l0_20k", 0, 128, 1000, 20),
+    ("128ch_l1_20k", 1, 128, 1000, 20),
+    ("128ch_l1_300k", 1, 128, 10000, 30),
+    ("64ch_l2_150k", 2, 64, 5000, 30),
+]
+SC = [("128ch_l3in_l1out_5k", 3, 1, 128, 5000, 10), ("128ch_l3in_l0out_5k", 3, 0, 128, 5000, 10)]
+SH = [20_000, 2_000_000]
+
+
+OPTS = {"cfg": None, "pass": None, "warm": False}
+
+
+def _select(cfgs, quick):
+    if OPTS["cfg"] is not None:
+        return [cfgs[OPTS["cfg"]]]
+    return cfgs[:1] if quick else cfgs
+
+
+def _passes(pairs):
+    return [(p, fn) for p, fn in pairs if OPTS["pass"] in (None, p)]
+
+
+def _measure(r, pairs, timer, floor):
+    for p, fn in _passes(pairs):
+        t0 = time.time()
+        fn()
+        torch.cuda.synchronize()
+        r[p + "_first_s"] = time.time() - t0  # includes compilation (unless the cache was warm)
+        if OPTS["warm"]:
+            continue
+        r[p] = timer(fn)
+        r[p + "_peak_MiB"] = peak_mib(fn)
+        r[p + "_floor_MB"] = floor[p] / 1e6
+        r[p + "_GBps"] = floor[p] / 1e6 / r[p]
+
+
+def med_ms(fn, warm=10, rep=40):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(rep):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return float(np.median(ts))
+
+
+def peak_mib(fn):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def graph(n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    recv = torch.arange(n).repeat_interleave(k)
+    send = torch.randint(0, n, (n * k,), generator=g)
+    return send.to(DEV), recv.to(DEV)
+
+
+def conv_floor(N, E, K_in, K_sh, K_out, P, C):
+    h, y, r, o = N * K_in * C * F4, E * K_sh * F4, E * P * C * F4, N * K_out * C * F4
+    idx = E * 8 + (N + 1) * 8
+    return {"fwd": h + y + r + o + idx,                         # read h, Y, R; write out
+            "fwdbwd": 2 * (h + y + r + o) + 2 * idx + E * 8,   # + read g; write dh, dY, dR
+            "dbl": E * 12 + 2 * (h + r) + o + 2 * idx + E * 8}  # read vec, h, R, g; write dh, dR
+
+
+def bench_conv(ops, peers_on, timer, quick):
+    rows = []
+    for name, lmax_in, C, n, k in _select(CONV, quick):
+        spec = kernels.ConvSpec(lmax_in, 3, 3)
+        send, recv = graph(n, k)
+        gr = kernels.make_graph(send, recv, n)
+        E = send.shape[0]
+        torch.manual_seed(0)
+        x = torch.randn(n, spec.dim_in, C, device=DEV, requires_grad=True)
+        vec = torch.randn(E, 3, device=DEV, requires_grad=True)
+        w = torch.randn(E, spec.num_paths, C, device=DEV, requires_grad=True)
+        Yd = ops.spherical_harmonics(vec, 3).detach().requires_grad_(True)
+        g = torch.randn(n, spec.dim_out, C, device=DEV)
+
+        def fwd():
+            with torch.no_grad():
+                return ops.edge_conv(x, Yd, w, gr, spec)
+
+        def fwdbwd():
+            torch.autograd.grad(ops.edge_conv(x, Yd, w, gr, spec), [x, Yd, w], g)
+
+        def dbl():
+            Yv = ops.spherical_harmonics(vec, 3)
+            (f,) = torch.autograd.grad((ops.edge_conv(x, Yv, w, gr, spec) * g).sum(), vec, create_graph=True)
+            torch.autograd.grad((f * f).sum(), [x, w])
+        floor = conv_floor(n, E, spec.dim_in, spec.dim_sh, spec.dim_out, spec.num_paths, C)
+        r = dict(op="conv", cfg=name, backend="tumbler", nodes=n, edges=E, channels=C, paths=spec.num_paths)
+        _measure(r, (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)), timer, floor)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        if peers_on:
+            import peers
+            for pr in peers.conv_rows(lmax_in, C, send, recv, n, peers_on, timer, peak_mib):
+                rows.append(dict(op="conv", cfg=name, nodes=n, edges=E, channels=C, **pr))
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def bench_sh(ops, peers_on, timer, quick):
+    rows = []
+    for E in _select(SH, quick):
+        vec = torch.randn(E, 3, device=DEV)
+        r = dict(op="sh_l3", cfg=f"{E}", backend="tumbler", edges=E)
+        ops.spherical_harmonics(vec, 3)
+        if OPTS["warm"]:
+            vg = vec.clone().requires_grad_(True)
+            torch.autograd.grad(ops.spherical_harmonics(vg, 3).sum(), vg)
+            continue
+        r["fwd"] = timer(lambda: ops.spherical_harmonics(vec, 3))
+        r["fwd_floor_MB"] = E * (12 + 16 * F4) / 1e6
+        r["fwd_GBps"] = r["fwd_floor_MB"] / r["fwd"]
+        vg = vec.clone().requires_grad_(True)
+        gy = torch.randn(E, 16, device=DEV)
+        r["fwdbwd"] = timer(lambda: torch.autograd.grad(ops.spherical_harmonics(vg, 3), vg, gy))
+        r["fwdbwd_floor_MB"] = E * (2 * 12 + 2 * 16 * F4) / 1e6
+        r["fwdbwd_GBps"] = r["fwdbwd_floor_MB"] / r["fwdbwd"]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        if peers_on:
+            import peers
+            for pr in peers.sh_rows(vec, peers_on, timer):
+                rows.append(dict(op="sh_l3", cfg=f"{E}", edges=E, **pr))
+    return rows
+
+
+def bench_sc(ops, peers_on, timer, quick):
+    rows = []
+    for name, lmax_in, lmax_out, C, n, n_el in _select(SC, quick):
+        spec = kernels.ContractionSpec(lmax_in, lmax_out, 3)
+        g = torch.Generator().manual_seed(0)
+        species = torch.randint(0, n_el, (n,), generator=g).to(DEV)
+        x = torch.randn(n, spec.dim_in, C, device=DEV, requires_grad=True)
+        W = torch.randn(n_el, spec.num_weights, C, device=DEV, requires_grad=True)
+        go = torch.randn(n, spec.dim_out, C, device=DEV)
+
+        def fwd():
+            with torch.no_grad():
+                ops.symmetric_contraction(x, species, W, spec)
+
+        def fwdbwd():
+            torch.autograd.grad(ops.symmetric_contraction(x, species, W, spec), [x, W], go)
+
+        def dbl():
+            (gx,) = torch.autograd.grad((ops.symmetric_contraction(x, species, W, spec) * go).sum(), x,
+                                        create_graph=True)
+            torch.autograd.grad((gx * gx).sum(), [W])
+        xb, ob, wb = n * spec.dim_in * C * F4, n * spec.dim_out * C * F4, n_el * spec.num_weights * C * F4
+        floor = {"fwd": xb + ob + wb + n * 8, "fwdbwd": 2 * xb + 2 * ob + 2 * wb + n * 8,
+                 "dbl": xb + ob + 2 * wb + n * 8}
+        r = dict(op="symmetric_contraction", cfg=name, backend="tumbler", nodes=n, channels=C, elements=n_el,
+                 weights=spec.num_weights)
+        _measure(r, (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)), timer, floor)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        if peers_on:
+            import peers
+            for pr in peers.sc_rows(lmax_in, lmax_out, C, species, n_el, 3, peers_on, timer, peak_mib):
+                rows.append(dict(op="symmetric_contraction", cfg=name, nodes=n, channels=C, **pr))
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def table(rows) -> str:
+    """One line per (op, cfg, pass): ours, best peer, ratio (peer/ours: > 1 means we are faster), memory."""
+    out = [f"{'op':<8} {'config':<22} {'pass':<7} {'ours ms':>9} {'best peer':>16} {'x faster':>8} "
+           f"{'our MiB':>8} {'peer MiB':>8} {'floor MB':>9} {'GB/s':>7}"]
+    keys = []
+    for r in rows:
+        if (r["op"], r["cfg"]) not in keys:
+            keys.append((r["op"], r["cfg"]))
+    for op, cfg in keys:
+        group = [r for r in rows if r["op"] == op and r["cfg"] == cfg]
+        ours = next((r for r in group if r.get("backend") == "tumbler"), None)
+        if ours is None:
+            continue
+        for p in ("fwd", "fwdbwd", "dbl"):
+            if p not in ours:
+                continue
+            peers = [r for r in group if r is not ours and p in r]
+            best = min(peers, key=lambda r: r[p]) if peers else None
+            bp = f"{best[p]:.3f} {best['backend']}" if best else "-"
+            ratio = f"{best[p] / ours[p]:.2f}" if best else "-"
+            pm = f"{best.get(p + '_peak_MiB', float('nan')):.0f}" if best else "-"
+            out.append(f"{op[:8]:<8} {cfg:<22} {p:<7} {ours[p]:>9.3f} {bp:>16} {ratio:>8} "
+                       f"{ours.get(p + '_peak_MiB', float('nan')):>8.0f} {pm:>8} "
+                       f"{ours.get(p + '_floor_MB', float('nan')):>9.1f} {ours.get(p + '_GBps', float('nan')):>7.0f}")
+    return "\n".join(out)
+
+
+def main(argv):
+    parts = [a for a in argv if not a.startswith("--")] or ["sh", "conv", "sc"]
+    quick = "--quick" in argv
+    for a in argv:
+        if a.startswith("--cfg="):
+            OPTS["cfg"] = int(a[6:])
+        if a.startswith("--pass="):
+            OPTS["pass"] = a[7:]
+    OPTS["warm"] = "--warm" in argv
+    peers_on = []
+    info = {}
+    if "--peers" in argv and "--warm" not in argv:
+        import peers
+        info = peers.available()
+        peers_on = [k for k, v in info.items() if v is True]
+    ops = kernels.get_ops("triton")
+    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+           "triton": __import__("triton").__version__, "date": datetime.datetime.utcnow().isoformat() + "Z",
+           "peers": info, "rows": []}
+    print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
+    for part, fn in (("sh", bench_sh), ("conv", bench_conv), ("sc", bench_sc)):
+        if part in parts:
+            res["rows"] += fn(ops, peers_on, med_ms, quick)
+    if OPTS["warm"]:
+        print("warm:", argv, [{k: v for k, v in r.items() if k.endswith("_first_s")} for r in res["rows"]])
+        return
+    gpu = res["device"].replace(" ", "-")
+    name = f"kernels-{gpu}-{res['date'][:16].replace(':', '')}.json"
+    for d in [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if "OUT" in os.environ else []):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(json.dumps(res, indent=1))
+    print("\n=== " + res["device"] + "  (x faster = best peer ms / ours ms)")
+    print(table(res["rows"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,150 @@
+"""Peer implementations measured in our process: e3nn, cuEquivariance and OpenEquivariance through
+MACE's own wrappers (adapted from ../shared/bench/peers_gpu.py, the team's peer baseline script).
+
+Each function returns rows (dicts) with median ms of the same passes bench/kernels.py times for ours.
+Peers need the bundle of ../shared/bench/make_peer_bundle.sh on PYTHONPATH; `available()` says which.
+"""
+from __future__ import annotations
+
+import traceback
+
+import torch
+
+
+def available() -> dict:
+    have = {}
+    try:
+        from e3nn import o3  # noqa: F401
+        from mace.modules.wrapper_ops import TensorProduct  # noqa: F401
+        have["e3nn"] = True
+    except Exception as e:  # the peers are optional: report why they are missing
+        have["e3nn"] = f"unavailable: {e!r}"[:200]
+    try:
+        import cuequivariance_torch  # noqa: F401
+        have["cueq"] = True
+    except Exception as e:
+        have["cueq"] = f"unavailable: {e!r}"[:200]
+    try:
+        import openequivariance  # noqa: F401
+        have["oeq"] = True
+    except Exception as e:
+        have["oeq"] = f"unavailable: {e!r}"[:200]
+    return have
+
+
+def _configs(backend):
+    from mace.modules.wrapper_ops import CuEquivarianceConfig, OEQConfig
+    if backend == "cueq":
+        return CuEquivarianceConfig(enabled=True, layout="ir_mul", group="O3_e3nn", optimize_all=True,
+                                    conv_fusion=True), None
+    if backend == "oeq":
+        return None, OEQConfig(enabled=True, optimize_all=True, conv_fusion="atomic")
+    return None, None
+
+
+def sh_rows(vec, backends, timer):
+    from e3nn import o3
+    rows = []
+    if "e3nn" in backends:
+        rows.append(dict(backend="e3nn", fwd=timer(lambda: o3.spherical_harmonics([0, 1, 2, 3], vec, normalize=True,
+                                                                                  normalization="component"))))
+    if "cueq" in backends:
+        import cuequivariance_torch as cuet
+        sh = cuet.SphericalHarmonics([0, 1, 2, 3], normalize=True, device=vec.device)
+        rows.append(dict(backend="cueq", fwd=timer(lambda: sh(vec))))
+    return rows
+
+
+def conv_rows(lmax_in, C, send, recv, n_nodes, backends, timer, peak):
+    """MACE conv TP (uvu, per-edge weights, gather + scatter-sum) for node irreps C x (0e..lmax_in natural
+    parity), sh l <= 3, targets l <= 3 of both parities (MACE's irreps_mid): fwd, fwd+bwd, force-train."""
+    from e3nn import o3
+    from mace.modules.irreps_tools import tp_out_irreps_with_instructions
+    from mace.modules.wrapper_ops import TensorProduct
+    dev = send.device
+    node_irreps = o3.Irreps([(C, (l, (-1) ** l)) for l in range(lmax_in + 1)])
+    sh_irreps = o3.Irreps.spherical_harmonics(3)
+    target = o3.Irreps([(1, (l, p)) for l in range(4) for p in (1, -1)])
+    irreps_mid, instr = tp_out_irreps_with_instructions(node_irreps, sh_irreps, target)
+    ei = torch.stack([send, recv])
+    E = send.shape[0]
+    rows = []
+    for backend in backends:
+        try:
+            cq, oq = _configs(backend)
+            tp = TensorProduct(node_irreps, sh_irreps, irreps_mid, instructions=instr, shared_weights=False,
+                               internal_weights=False, cueq_config=cq, oeq_config=oq).to(dev)
+            if backend == "e3nn":
+                from mace.modules.wrapper_ops import with_scatter_sum
+                tp = with_scatter_sum(tp)
+            x = torch.randn(n_nodes, node_irreps.dim, device=dev, requires_grad=True)
+            vec = torch.randn(E, 3, device=dev, requires_grad=True)
+            w = torch.randn(E, tp.weight_numel, device=dev, requires_grad=True)
+            Yd = o3.spherical_harmonics([0, 1, 2, 3], vec, normalize=True, normalization="component").detach()
+            Yd.requires_grad_(True)
+            with torch.no_grad():
+                g = torch.randn_like(tp(x, Yd, w, ei))
+
+            def fwd():
+                with torch.no_grad():
+                    return tp(x, Yd, w, ei)
+
+            def fwdbwd():
+                torch.autograd.grad(tp(x, Yd, w, ei), [x, Yd, w], g)
+
+            def dbl():
+                Yv = o3.spherical_harmonics([0, 1, 2, 3], vec, normalize=True, normalization="component")
+                (f,) = torch.autograd.grad((tp(x, Yv, w, ei) * g).sum(), vec, create_graph=True)
+                torch.autograd.grad((f * f).sum(), [x, w])
+            r = dict(backend=backend, paths=len(instr), weight_numel=tp.weight_numel)
+            for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)):
+                r[name] = timer(fn)
+                r[name + "_peak_MiB"] = peak(fn)
+            rows.append(r)
+        except Exception as e:
+            traceback.print_exc()
+            rows.append(dict(backend=backend, error=repr(e)[:300]))
+    return rows
+
+
+def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, timer, peak):
+    """MACE EquivariantProductBasisBlock (symmetric contraction + linear) for C x (l <= lmax_in) -> l <= lmax_out."""
+    from e3nn import o3
+    from mace.modules.blocks import EquivariantProductBasisBlock
+    dev = species.device
+    irreps_in = o3.Irreps([(C, (l, (-1) ** l)) for l in range(lmax_in + 1)])
+    irreps_out = o3.Irreps([(C, (l, (-1) ** l)) for l in range(lmax_out + 1)])
+    K = irreps_in.dim // C
+    n = species.shape[0]
+    attrs = torch.nn.functional.one_hot(species, n_el).float()
+    rows = []
+    for backend in [b for b in backends if b != "oeq"]:
+        try:
+            cq, _ = _configs(backend)
+            blk = EquivariantProductBasisBlock(irreps_in, irreps_out, corr, use_sc=False, num_elements=n_el,
+                                               cueq_config=cq).to(dev)
+            shape = (n, C, K) if backend == "e3nn" else (n, K, C)
+            x = torch.randn(*shape, device=dev, requires_grad=True)
+            params = [p for p in blk.parameters() if p.requires_grad]
+            with torch.no_grad():
+                go = torch.randn_like(blk(x, None, attrs))
+
+            def fwd():
+                with torch.no_grad():
+                    blk(x, None, attrs)
+
+            def fwdbwd():
+                torch.autograd.grad(blk(x, None, attrs), [x] + params, go)
+
+            def dbl():
+                (gx,) = torch.autograd.grad((blk(x, None, attrs) * go).sum(), x, create_graph=True)
+                torch.autograd.grad((gx * gx).sum(), params)
+            r = dict(backend=backend)
+            for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)):
+                r[name] = timer(fn)
+                r[name + "_peak_MiB"] = peak(fn)
+            rows.append(r)
+        except Exception as e:
+            traceback.print_exc()
+            rows.append(dict(backend=backend, error=repr(e)[:300]))
+    return rows
