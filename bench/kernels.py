@@ -249,7 +249,8 @@ def main(argv):
     if "--peers" in argv and "--warm" not in argv:
         import peers
         info = peers.available()
-        peers_on = [k for k, v in info.items() if v is True]
+        wanted = os.environ.get("PEERS", "e3nn,cueq,oeq").split(",")
+        peers_on = [k for k, v in info.items() if v is True and k in wanted]
     ops = kernels.get_ops("triton")
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "triton": __import__("triton").__version__, "date": datetime.datetime.utcnow().isoformat() + "Z",

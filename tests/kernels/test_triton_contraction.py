@@ -16,7 +16,7 @@ _spec.loader.exec_module(T)
 
 pytestmark = T.requires_triton
 N, C, S = (5003, 33, 4) if T.GPU else (11, 3, 3)
-SPECS = [(1, 1, 3), (2, 1, 2)] + ([(2, 2, 2), (3, 1, 3), (3, 2, 3), (3, 0, 3)] if T.GPU else [])
+SPECS = [(1, 1, 3), (2, 1, 2)] + ([(3, 1, 3)] if T.GPU else [])
 
 
 def _inputs(spec, dtype=torch.float64, seed=0, n=N):

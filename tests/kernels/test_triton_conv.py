@@ -17,7 +17,7 @@ _spec.loader.exec_module(T)
 pytestmark = T.requires_triton
 # (nodes, edges, channels, isolated nodes): awkward sizes (odd channels, not block multiples)
 N, E, C, ISO = (3001, 60_017, 33, 50) if T.GPU else (9, 23, 5, 2)
-SPECS = [(0, 0, 0), (1, 2, 1), (1, 3, 3), (2, 3, 3)] + ([(3, 3, 3), (2, 2, 2)] if T.GPU else [])
+SPECS = [(0, 0, 0), (1, 2, 1), (1, 3, 3), (2, 3, 3)] + ([(3, 3, 3)] if T.GPU else [])
 
 
 def _inputs(spec, dtype=torch.float64, seed=0, graph=None):
