@@ -232,6 +232,10 @@ def evaluate(
                     outs.append(_failed(i, len(s.numbers), f"evaluation failed: {type(e1).__name__}: {e1}"))
         for i, r in zip(idx, outs):
             r["index"] = i
+            if r["error"] is None and not (np.isfinite(r["energy"]) and np.isfinite(r["forces"]).all()):
+                if on_error == "raise":
+                    raise ValueError(f"structure {i}: the model gave a non-finite energy or forces")
+                r = _failed(i, r["num_atoms"], "the model gave a non-finite energy or forces")
             results[i] = r
         if bar is not None:
             bar.update(len(idx))
