@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         file_options = load_config(config_path) if config_path else {}
-        cfg = merge_options(file_options, args, where=config_path or "md.py")
+        cfg = merge_options(file_options, args, where=config_path or "")
         result = run_from_config(cfg, base_dir=Path(config_path).parent if config_path else None)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"md.py: error: {e}\n")

@@ -58,12 +58,13 @@ class MDConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "MDConfig":
         """Build from a mapping; unknown keys and bad values raise ValueError quoting them."""
+        prefix = f"{where}: " if where else ""
         if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a mapping of MD options, got {type(d).__name__}")
+            raise ValueError(f"{prefix}expected a mapping of MD options, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         for key in d:
             if key not in names:
-                raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(names))}")
+                raise ValueError(f"{prefix}unknown key {key!r}; known keys: {', '.join(sorted(names))}")
         cfg = cls(**d)
         cfg.validate(where)
         return cfg
@@ -73,7 +74,7 @@ class MDConfig:
 
     def validate(self, where: str = "config") -> None:
         def bad(key, why):
-            raise ValueError(f"{where}: {key}={getattr(self, key)!r} {why}")
+            raise ValueError(f"{where + ': ' if where else ''}{key}={getattr(self, key)!r} {why}")
 
         def number(key, positive=False, nonneg=False, allow_none=False):
             v = getattr(self, key)
@@ -104,7 +105,7 @@ class MDConfig:
         choice("device", DEVICES)
         number("temperature", nonneg=True)
         number("pressure")
-        number("timestep", positive=True)
+        number("timestep", positive=True)  # fs
         number("friction", positive=True)
         number("tdamp", positive=True, allow_none=True)
         number("pdamp", positive=True, allow_none=True)
