@@ -32,7 +32,9 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+# tqdm, not tqdm.auto: the latter's asyncio class calls iter() in __init__, which on a persistent-worker
+# DataLoader starts a second pass (prefetching from the sampler) and so shifts the data order
+from tqdm import tqdm
 
 import data
 import potential
@@ -61,10 +63,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _loader(structures, batch_size, cutoff, num_workers, generator=None, sampler=None) -> DataLoader:
-    """Batches of data.collate (neighbor lists computed in the workers); shuffled when a generator is given."""
-    return DataLoader(structures, batch_size=batch_size, shuffle=generator is not None and sampler is None,
-                      sampler=sampler, generator=generator, num_workers=num_workers,
+def _loader(structures, batch_size, cutoff, num_workers, sampler=None) -> DataLoader:
+    """Batches of data.collate (neighbor lists computed in the workers), in the sampler's order (default: as
+    stored). The loader's own generator only seeds its workers (which draw no random numbers), so the
+    sampler's generator alone decides the order, however the workers are started."""
+    return DataLoader(structures, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0),
                       collate_fn=functools.partial(data.collate, cutoff=cutoff), drop_last=False,
                       persistent_workers=num_workers > 0)
 
@@ -152,15 +156,15 @@ class Trainer:
                 self.optimizer, T_max=t.max_epochs, eta_min=t.min_lr)
         else:
             self.scheduler = None
-        # data order: reseeded from (seed, epoch) at every epoch, so it survives restarts
+        # data order: the sampler's generator is reseeded from (seed, epoch) every epoch, so it survives restarts
         self.generator = torch.Generator()
-        self.sampler = None
         if self.world > 1:
             self.sampler = torch.utils.data.DistributedSampler(self.sets.train, num_replicas=self.world,
                                                                rank=self.rank, shuffle=True, seed=cfg.seed)
+        else:
+            self.sampler = torch.utils.data.RandomSampler(self.sets.train, generator=self.generator)
         r_max = model_config.r_max
-        self.train_loader = _loader(self.sets.train, t.batch_size, r_max, cfg.num_workers, self.generator,
-                                    self.sampler)
+        self.train_loader = _loader(self.sets.train, t.batch_size, r_max, cfg.num_workers, self.sampler)
         vbs = t.valid_batch_size or t.batch_size
         self.valid_loader = _loader(self.sets.valid, vbs, r_max, cfg.num_workers)
         self.test_loader = _loader(self.sets.test, vbs, r_max, cfg.num_workers) if self.sets.test else None
@@ -261,7 +265,7 @@ class Trainer:
         need_s = w.stress > 0 and _has(self.sets.train, "stress")
         seed = int(np.random.SeedSequence([self.cfg.seed, self.epoch]).generate_state(1, np.uint64)[0])
         self.generator.manual_seed(seed)
-        if self.sampler is not None:
+        if isinstance(self.sampler, torch.utils.data.DistributedSampler):
             self.sampler.set_epoch(self.epoch)
         metrics = ErrorMetrics(self.device)
         params = list(self.model.parameters())
