@@ -12,3 +12,9 @@ from .model import ModelConfig, Potential
 # training (training engineer): the YAML config tree and the run behind train.py
 from .config import ConfigError, TrainConfig, load_config
 from .training import Trainer, TrainingError, run as run_training
+
+# md / screening (md engineer): batched single points, MD settings and runner, screening.
+from .evaluate import evaluate
+from .md_config import MDConfig
+from .md_runner import run_md
+from .screening import screen
