@@ -135,3 +135,19 @@ def test_cli_errors(random_model_file, tmp_path, capsys):
         screen.main(["--model", str(random_model_file), "--structures", str(tmp_path / "x.xyz"),
                      "--out", str(tmp_path / "o.h5")])
     assert "structures file not found" in capsys.readouterr().err
+
+
+def test_hdf5_dataset_in_hdf5_out(random_model, random_model_file, tmp_path):
+    from data import Structure, write_dataset
+
+    structures = [Structure.from_atoms(a) for a in mixed_structures()]
+    write_dataset(tmp_path / "in.h5", structures)
+    out = tmp_path / "out.hdf5"
+    assert screen.main(["--model", str(random_model_file), "--structures", str(tmp_path / "in.h5"), "--out", str(out),
+                        "--batch-atoms", "16", "--threads", "1", "--no-progress"]) == 0
+    expect = evaluate(structures, random_model)
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(f["energy"][()], [r["energy"] for r in expect], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(f["forces"][()], np.concatenate([r["forces"] for r in expect]), rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(f["numbers"][()], np.concatenate([s.numbers for s in structures]))
+        assert np.isfinite(f["stress"][0]).all() and np.isnan(f["stress"][2]).all()  # periodic / molecule
