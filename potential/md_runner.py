@@ -7,8 +7,10 @@ Every integrator comes from ASE (nothing hand-written):
     nvt  nose-hoover        ase.md.nose_hoover_chain.NoseHooverChainNVT (tdamp)
     npt  mtk (default)      ase.md.nose_hoover_chain.IsotropicMTKNPT    (tdamp, pdamp)
     npt  berendsen          ase.md.nptberendsen.NPTBerendsen  (tdamp, pdamp, compressibility)
-Velocities start from MaxwellBoltzmannDistribution at the temperature, seeded, with zero net
-momentum (Stationary). NPT needs stress, so a 3D-periodic structure.
+Velocities start from a Maxwell-Boltzmann distribution at the temperature (ASE's
+thermalize_momenta, seeded), with zero net momentum (Stationary); Langevin keeps the centre of
+mass with ase.constraints.FixCom (ASE's advice since fixcm was deprecated). NPT needs stress, so
+a 3D-periodic structure. Trajectory frames and log lines are written every ``interval`` steps.
 
 The log is CSV text, one line every ``interval`` steps (step 0 included):
     step,time_fs,epot_eV,ekin_eV,etot_eV,temperature_K,pressure_GPa,volume_A3,steps_per_s
