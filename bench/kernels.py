@@ -23,10 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this file is bench/kernels.py: drop its folder from the path so `import kernels` is the package
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 import kernels  # noqa: E402
+
+
+def _peers():
+    import importlib.util
+    if "tumbler_bench_peers" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("tumbler_bench_peers", _HERE / "peers.py")
+        sys.modules["tumbler_bench_peers"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["tumbler_bench_peers"])
+    return sys.modules["tumbler_bench_peers"]
 
 DEV = torch.device("cuda")
 F4 = 4  # bytes per float32
@@ -137,7 +148,7 @@ def bench_conv(ops, peers_on, timer, quick):
         rows.append(r)
         print(json.dumps(r), flush=True)
         if peers_on:
-            import peers
+            peers = _peers()
             for pr in peers.conv_rows(lmax_in, C, send, recv, n, peers_on, timer, peak_mib):
                 rows.append(dict(op="conv", cfg=name, nodes=n, edges=E, channels=C, **pr))
                 print(json.dumps(rows[-1]), flush=True)
@@ -165,7 +176,7 @@ def bench_sh(ops, peers_on, timer, quick):
         rows.append(r)
         print(json.dumps(r), flush=True)
         if peers_on:
-            import peers
+            peers = _peers()
             for pr in peers.sh_rows(vec, peers_on, timer):
                 rows.append(dict(op="sh_l3", cfg=f"{E}", edges=E, **pr))
     return rows
@@ -201,7 +212,7 @@ def bench_sc(ops, peers_on, timer, quick):
         rows.append(r)
         print(json.dumps(r), flush=True)
         if peers_on:
-            import peers
+            peers = _peers()
             for pr in peers.sc_rows(lmax_in, lmax_out, C, species, n_el, 3, peers_on, timer, peak_mib):
                 rows.append(dict(op="symmetric_contraction", cfg=name, nodes=n, channels=C, **pr))
                 print(json.dumps(rows[-1]), flush=True)
@@ -247,7 +258,7 @@ def main(argv):
     peers_on = []
     info = {}
     if "--peers" in argv and "--warm" not in argv:
-        import peers
+        peers = _peers()
         info = peers.available()
         wanted = os.environ.get("PEERS", "e3nn,cueq,oeq").split(",")
         peers_on = [k for k, v in info.items() if v is True and k in wanted]
