@@ -13,9 +13,10 @@ Symmetric contraction. Same idea for a polynomial: `PolyForm` evaluates a sparse
 term list (poly.py); its derivative with respect to any input is another term list obtained by
 symbolic differentiation, evaluated by a generated kernel, so all orders are closed too.
 
-Spherical harmonics. Forward and first derivative are fused kernels (sh.py); the second
-derivative (the pullback of the first-derivative kernel) is taken by torch autograd over
-`sh_torch`, the same polynomial tables in torch ops: SH cost O(E) and are never the bottleneck.
+Spherical harmonics. Forward, first derivative and the second derivative (the pullback of the
+first-derivative op, as force training needs it) are fused kernels (sh.py, sh2.py); third order
+(a pullback taken with create_graph) goes through torch autograd over `sh_torch`, the same
+polynomial tables in torch ops.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from .triton import contraction as _sc
 from .triton import conv as _conv
 from .triton import sh as _sh
+from .triton import sh2 as _sh2
 
 SLOTS = ("h", "Y", "R", "g")
 
@@ -97,7 +99,9 @@ class SHForm(torch.autograd.Function):
 
 
 class SHVjp(torch.autograd.Function):
-    """gv = (dY/dv)^T gY on the fused kernel; its own pullback through torch autograd (sh_torch)."""
+    """gv = (dY/dv)^T gY on the fused kernel (sh.py). Its pullback (the force-training second derivative)
+    is one fused kernel (sh2.py: a Hessian-vector and a Jacobian-vector product); only when that pullback
+    must itself be differentiable (create_graph, third order) it runs through torch autograd over sh_torch."""
 
     @staticmethod
     def forward(ctx, v, gY, lmax):
@@ -108,12 +112,14 @@ class SHVjp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, ggv):
         v, gY = ctx.saved_tensors
-        with torch.enable_grad():
-            v_ = v.detach().requires_grad_(True)
-            gY_ = gY.detach().requires_grad_(True)
-            y = _sh.sh_torch(v_, ctx.lmax)
-            (gv,) = torch.autograd.grad(y, v_, gY_, create_graph=True)
-            dv, dg = torch.autograd.grad(gv, (v_, gY_), ggv, create_graph=torch.is_grad_enabled(), allow_unused=True)
+        if not torch.is_grad_enabled():
+            dv, dg = _sh2.sh_pullback(v, gY, ggv, ctx.lmax)
+            return dv, dg, None
+        with torch.enable_grad():  # differentiable in v, gY and ggv (the saved tensors keep their graphs)
+            v_ = v if v.requires_grad else v.detach().requires_grad_(True)
+            gY_ = gY if gY.requires_grad else gY.detach().requires_grad_(True)
+            (gv,) = torch.autograd.grad(_sh.sh_torch(v_, ctx.lmax), v_, gY_, create_graph=True)
+            dv, dg = torch.autograd.grad(gv, (v_, gY_), ggv, create_graph=True, allow_unused=True)
         return (torch.zeros_like(v) if dv is None else dv), (torch.zeros_like(gY) if dg is None else dg), None
 
 

@@ -29,18 +29,25 @@ def test_values_and_gradients_match_reference(lmax):
     assert y.shape == (E, (lmax + 1) ** 2)
     assert T.rel_err(y, y_ref) < 1e-13
     assert torch.equal(y[3].cpu(), torch.eye(1, (lmax + 1) ** 2, dtype=torch.float64)[0])
-    g = T.randn(*y.shape, seed=1)
+    g = T.randn(*y.shape, seed=1, requires_grad=True)
     (gv,) = torch.autograd.grad(y, v, g, create_graph=True)
     (gv_ref,) = torch.autograd.grad(y_ref, v, g, create_graph=True)
     assert torch.isfinite(gv).all() and torch.all(gv[3] == 0)
     if lmax > 0:
         assert T.rel_err(gv, gv_ref) < 1e-12
-        # second derivative (force training): through torch over the same polynomials
+        # second derivative (force training): the fused pullback kernel (sh2.py), in v and in gY
         w = T.randn(E, 3, seed=2)
-        (h,) = torch.autograd.grad((gv * w).sum(), v)
-        (h_ref,) = torch.autograd.grad((gv_ref * w).sum(), v)
-        assert torch.isfinite(h).all()
-        assert T.rel_err(h, h_ref) < 1e-11
+        h = torch.autograd.grad((gv * w).sum(), (v, g), retain_graph=True)
+        h_ref = torch.autograd.grad((gv_ref * w).sum(), (v, g), retain_graph=True)
+        assert torch.isfinite(h[0]).all() and torch.all(h[0][3] == 0)
+        for a, b in zip(h, h_ref):
+            assert T.rel_err(a, b) < 1e-11
+        # third order (a pullback taken with create_graph): torch autograd over the same polynomials
+        h3 = torch.autograd.grad((gv * w).sum(), v, create_graph=True)[0]
+        h3_ref = torch.autograd.grad((gv_ref * w).sum(), v, create_graph=True)[0]
+        t = torch.autograd.grad((h3 * w).sum(), v)[0]
+        t_ref = torch.autograd.grad((h3_ref * w).sum(), v)[0]
+        assert T.rel_err(t, t_ref) < 1e-9
 
 
 def test_gradcheck_and_gradgradcheck():
