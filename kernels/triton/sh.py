@@ -114,10 +114,9 @@ def {name}(V, A, B, E, BLOCK: tl.constexpr, KP: tl.constexpr):
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     em = e < E
     c4 = tl.arange(0, 4)
-    vt = tl.load(V + e[:, None] * 3 + c4[None, :], mask=em[:, None] & (c4[None, :] < 3), other=0.0)
-    vx = tl.reduce(tl.where(c4[None, :] == 0, vt, 0.0), 1, _add)
-    vy = tl.reduce(tl.where(c4[None, :] == 1, vt, 0.0), 1, _add)
-    vz = tl.reduce(tl.where(c4[None, :] == 2, vt, 0.0), 1, _add)
+    vx = tl.load(V + e * 3, mask=em, other=0.0)
+    vy = tl.load(V + e * 3 + 1, mask=em, other=0.0)
+    vz = tl.load(V + e * 3 + 2, mask=em, other=0.0)
     r2 = vx * vx + vy * vy + vz * vz
     inv = tl.where(r2 > 0.0, 1.0 / tl.sqrt(tl.where(r2 > 0.0, r2, 1.0)), 0.0)
     ux = vx * inv
@@ -148,12 +147,11 @@ def bwd_kernel(lmax: int):
     K = len(polys)
     name = f"sh_bwd_l{lmax}"
     src = _PRE.format(name=name, io=f"A: gY [E, {K}]; B: out gv [E, 3]")
-    src += (f"    gt = tl.load(A + e[:, None] * {K} + kk[None, :], mask=em[:, None] & (kk[None, :] < {K}), other=0.0)\n")
     gu = {0: [], 1: [], 2: []}
     for k, p in enumerate(polys):
         if k == 0:
             continue
-        src += f"    g{k} = tl.reduce(tl.where(kk[None, :] == {k}, gt, 0.0), 1, _add)\n"
+        src += f"    g{k} = tl.load(A + e * {K} + {k}, mask=em, other=0.0)\n"
         for ax in range(3):
             d = _deriv(p, ax)
             if d:

@@ -28,14 +28,12 @@ def {name}(V, GY, W, DV, DGY, E, BLOCK: tl.constexpr, KP: tl.constexpr):
     em = e < E
     c4 = tl.arange(0, 4)
     m3 = em[:, None] & (c4[None, :] < 3)
-    vt = tl.load(V + e[:, None] * 3 + c4[None, :], mask=m3, other=0.0)
-    wt = tl.load(W + e[:, None] * 3 + c4[None, :], mask=m3, other=0.0)
-    vx = tl.reduce(tl.where(c4[None, :] == 0, vt, 0.0), 1, _add)
-    vy = tl.reduce(tl.where(c4[None, :] == 1, vt, 0.0), 1, _add)
-    vz = tl.reduce(tl.where(c4[None, :] == 2, vt, 0.0), 1, _add)
-    wx = tl.reduce(tl.where(c4[None, :] == 0, wt, 0.0), 1, _add)
-    wy = tl.reduce(tl.where(c4[None, :] == 1, wt, 0.0), 1, _add)
-    wz = tl.reduce(tl.where(c4[None, :] == 2, wt, 0.0), 1, _add)
+    vx = tl.load(V + e * 3, mask=em, other=0.0)
+    vy = tl.load(V + e * 3 + 1, mask=em, other=0.0)
+    vz = tl.load(V + e * 3 + 2, mask=em, other=0.0)
+    wx = tl.load(W + e * 3, mask=em, other=0.0)
+    wy = tl.load(W + e * 3 + 1, mask=em, other=0.0)
+    wz = tl.load(W + e * 3 + 2, mask=em, other=0.0)
     r2 = vx * vx + vy * vy + vz * vz
     inv = tl.where(r2 > 0.0, 1.0 / tl.sqrt(tl.where(r2 > 0.0, r2, 1.0)), 0.0)
     ux = vx * inv
@@ -46,7 +44,6 @@ def {name}(V, GY, W, DV, DGY, E, BLOCK: tl.constexpr, KP: tl.constexpr):
     zero = tl.zeros(ux.shape, ux.dtype)
     kk = tl.arange(0, KP)
     km = em[:, None] & (kk[None, :] < {K})
-    gt = tl.load(GY + e[:, None] * {K} + kk[None, :], mask=km, other=0.0)
     dg = tl.zeros([BLOCK, KP], ux.dtype)
 """
 
@@ -64,7 +61,7 @@ def pullback_kernel(lmax: int):
         l = math.isqrt(k)
         if l == 0:
             continue
-        src += f"    g{k} = tl.reduce(tl.where(kk[None, :] == {k}, gt, 0.0), 1, _add)\n"
+        src += f"    g{k} = tl.load(GY + e * {K} + {k}, mask=em, other=0.0)\n"
         src += f"    p{k} = {_poly_expr(p)}\n"
         for i, a in enumerate("xyz"):
             d = _deriv(p, i)
