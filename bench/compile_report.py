@@ -12,11 +12,18 @@ import sys
 import tempfile
 import time
 
-import triton
-from triton.backends.compiler import GPUTarget
+from pathlib import Path
 
-from kernels.triton import contraction as sc
-from kernels.triton import conv
+# bench/kernels.py would shadow the kernels package: drop this folder from the path
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+from kernels.triton import contraction as sc  # noqa: E402
+from kernels.triton import conv  # noqa: E402
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
 NODE_SIG = {"X": "*fp32", "Y": "*fp32", "R": "*fp32", "OUT": "*fp32", "PTR": "*i64", "PERM": "*i64",

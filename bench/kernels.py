@@ -1,6 +1,6 @@
 """Kernel benchmark on one GPU: our Triton ops and the peers (bench/peers.py) side by side, one process.
 
-    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P] [--warm]
+    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P[,P]] [--warm] [--sweep]
 
 --warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
 fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
@@ -62,7 +62,7 @@ def _select(cfgs, quick):
 
 
 def _passes(pairs):
-    return [(p, fn) for p, fn in pairs if OPTS["pass"] in (None, p)]
+    return [(p, fn) for p, fn in pairs if OPTS["pass"] is None or p in OPTS["pass"].split(",")]
 
 
 def _measure(r, pairs, timer, floor):
@@ -219,6 +219,27 @@ def bench_sc(ops, peers_on, timer, quick):
     return rows
 
 
+NODE_CANDS = ["8,32,4", "4,32,4", "16,32,4", "8,64,4", "4,128,4", "8,128,8"]
+EDGE_CANDS = ["8,32,8", "4,32,4", "4,64,8", "2,128,8", "8,64,16"]
+
+
+def sweep(ops, timer, cfgs=(0, 3)):
+    """Tile configurations of the conv kernels (env overrides read by kernels/triton/conv.py) on the
+    passes they change: node configs (recv and send kernels) and edge configs."""
+    rows = []
+    for var, cands in (("TUMBLER_CONV_NODE_CFG", NODE_CANDS), ("TUMBLER_CONV_EDGE_CFG", EDGE_CANDS)):
+        for cand in cands:
+            os.environ[var] = cand
+            for c in cfgs:
+                OPTS["cfg"] = c
+                for r in bench_conv(ops, [], timer, False):
+                    rows.append(dict(op="sweep", cfg=r["cfg"], var=var, value=cand,
+                                     **{k: r[k] for k in ("fwd", "fwdbwd") if k in r}))
+            del os.environ[var]
+    OPTS["cfg"] = None
+    return rows
+
+
 def table(rows) -> str:
     """One line per (op, cfg, pass): ours, best peer, ratio (peer/ours: > 1 means we are faster), memory."""
     out = [f"{'op':<8} {'config':<22} {'pass':<7} {'ours ms':>9} {'best peer':>16} {'x faster':>8} "
@@ -255,6 +276,8 @@ def main(argv):
         if a.startswith("--pass="):
             OPTS["pass"] = a[7:]
     OPTS["warm"] = "--warm" in argv
+    if "--sweep" in argv:
+        OPTS["pass"] = OPTS["pass"] or "fwd,fwdbwd"
     peers_on = []
     info = {}
     if "--peers" in argv and "--warm" not in argv:
@@ -267,6 +290,11 @@ def main(argv):
            "triton": __import__("triton").__version__, "date": datetime.datetime.utcnow().isoformat() + "Z",
            "peers": info, "rows": []}
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
+    if "--sweep" in argv:
+        res["rows"] += sweep(ops, lambda fn: med_ms(fn, warm=5, rep=20))
+        print("\n".join(f"sweep {r['cfg']:<16} {r['var']:<22} {r['value']:<9} fwd {r.get('fwd', float('nan')):.3f} "
+                        f"fwdbwd {r.get('fwdbwd', float('nan')):.3f}" for r in res["rows"] if r["op"] == "sweep"))
+        parts = []
     for part, fn in (("sh", bench_sh), ("conv", bench_conv), ("sc", bench_sc)):
         if part in parts:
             res["rows"] += fn(ops, peers_on, med_ms, quick)

@@ -1,24 +1,45 @@
 #!/usr/bin/env bash
-# One device call: fill Triton's kernel cache in parallel, time ours vs the peers, then the GPU tests.
-# Usage (repo root, on the GPU machine): bash bench/run_gpu.sh [bench args...]; logs and JSON go to $OUT.
+# One device call: fill Triton's kernel cache in parallel, time ours (and the peers), optionally a tile
+# sweep and the GPU tests. Usage (repo root, on the GPU machine), logs and JSON to $OUT:
+#   PEERS=cueq,oeq bash bench/run_gpu.sh            # everything, ours and the peers
+#   PARTS="sh conv" NO_PEERS=1 SWEEP=1 NO_TESTS=1 bash bench/run_gpu.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+PARTS=${PARTS:-"sh conv sc"}
 T0=$(date +%s)
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-if [ -f .peers/peers.tar.xz ]; then mkdir -p /tmp/peers && tar xJf .peers/peers.tar.xz -C /tmp/peers & fi
-# 1. compile every kernel the timed run needs, in parallel processes (each one pass of one config)
-jobs=(); for c in 0 1 2 3 4; do for p in fwd fwdbwd dbl; do jobs+=("conv --cfg=$c --pass=$p"); done; done
-for c in 0 1; do for p in fwd fwdbwd dbl; do jobs+=("sc --cfg=$c --pass=$p"); done; done
-jobs+=("sh --cfg=0")
-printf '%s\n' "${jobs[@]}" | timeout 200 xargs -P 12 -I{} sh -c 'python3 bench/kernels.py {} --warm' > "$OUT/warm.log" 2>&1
-echo "warm stage: $(( $(date +%s) - T0 )) s, rc $?"; grep -i "error\|Traceback" "$OUT/warm.log" | head -5
+if [ -z "${NO_PEERS:-}" ] && [ -f .peers/peers.tar.xz ]; then mkdir -p /tmp/peers && tar xJf .peers/peers.tar.xz -C /tmp/peers & fi
+# 1. compile every kernel the timed runs need, in parallel processes (each one pass of one config)
+jobs=()
+for part in $PARTS; do
+  case $part in
+    conv) for c in 0 1 2 3 4; do for p in fwd fwdbwd dbl; do jobs+=("python3 bench/kernels.py conv --cfg=$c --pass=$p --warm"); done; done ;;
+    sc) for c in 0 1; do for p in fwd fwdbwd dbl; do jobs+=("python3 bench/kernels.py sc --cfg=$c --pass=$p --warm"); done; done ;;
+    sh) jobs+=("python3 bench/kernels.py sh --cfg=0 --warm") ;;
+  esac
+done
+if [ -n "${SWEEP:-}" ]; then
+  for c in 0 3; do
+    for v in 8,32,4 4,32,4 16,32,4 8,64,4 4,128,4 8,128,8; do jobs+=("TUMBLER_CONV_NODE_CFG=$v python3 bench/kernels.py conv --cfg=$c --pass=fwd,fwdbwd --warm"); done
+    for v in 8,32,8 4,32,4 4,64,8 2,128,8 8,64,16; do jobs+=("TUMBLER_CONV_EDGE_CFG=$v python3 bench/kernels.py conv --cfg=$c --pass=fwdbwd --warm"); done
+  done
+fi
+if [ -n "${QUICK_TESTS:-}" ]; then jobs+=("python3 -m pytest $QUICK_TESTS -q -p no:cacheprovider > $OUT/quick_tests.log 2>&1; echo quick tests rc \$? >> $OUT/quick_tests.log"); fi
+printf '%s\n' "${jobs[@]}" | timeout ${WARM_S:-200} xargs -P 14 -I{} sh -c '{}' > "$OUT/warm.log" 2>&1
+echo "warm stage: $(( $(date +%s) - T0 )) s"; grep -i "error\|Traceback" "$OUT/warm.log" | head -5
+[ -f "$OUT/quick_tests.log" ] && tail -3 "$OUT/quick_tests.log"
 wait
 # 2. timed run, ours and the peers in one process (PEERS=cueq,oeq skips e3nn, never the best peer)
-PYTHONPATH=/tmp/peers TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout 220 python3 bench/kernels.py --peers "$@" 2>&1 \
-  | grep -v "Warning\|warn(" | tee "$OUT/bench.log" | tail -45
+args=$PARTS; [ -z "${NO_PEERS:-}" ] && args="$args --peers"
+PYTHONPATH=/tmp/peers TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout ${BENCH_S:-220} python3 bench/kernels.py $args 2>&1 \
+  | grep -v "Warning\|warn(" | tee "$OUT/bench.log" | tail -40
 echo "bench done: $(( $(date +%s) - T0 )) s"
+if [ -n "${SWEEP:-}" ]; then
+  timeout ${SWEEP_S:-90} python3 bench/kernels.py --sweep 2>&1 | grep "^sweep" | tee "$OUT/sweep.log"
+  echo "sweep done: $(( $(date +%s) - T0 )) s"
+fi
 # 3. GPU tests at real sizes, with what time is left
 left=$(( 575 - ($(date +%s) - T0) ))
 if [ $left -gt 40 ] && [ -z "${NO_TESTS:-}" ]; then
