@@ -67,16 +67,15 @@ def _interp() -> bool:
 def node_config(C: int, K: int) -> tuple[int, int, int]:
     """(edges per tile BE, channels per tile BC, num_warps) for the segment kernels.
 
-    Chosen from sm_90 register reports (bench/compile_report.py, bench/NOTES.md): about two tile
-    elements per thread when the gathered tensor has <= 4 components, one above that, so that the
-    K accumulators and gathered components stay in registers without spills."""
+    Chosen from sm_90 register reports (bench/compile_report.py) and an H200 sweep (bench/NOTES.md):
+    one tile element per thread (4 edges x 32 channels, 4 warps) keeps the K accumulators and the
+    gathered components in registers and was fastest or within noise on every swept config."""
     env = os.environ.get("TUMBLER_CONV_NODE_CFG")
     if env:
         be, bc, nw = (int(x) for x in env.split(","))
         return be, min(bc, next_pow2(C)), nw
     bc = min(next_pow2(C), 32)
-    be = 8 if K <= 4 else 4
-    return be, bc, max(1, min(4, be * bc // (64 if K <= 4 else 32)))
+    return 4, bc, max(1, min(4, 4 * bc // 32))
 
 
 def edge_config(C: int, K: int) -> tuple[int, int, int]:
@@ -87,8 +86,7 @@ def edge_config(C: int, K: int) -> tuple[int, int, int]:
         be, bc, nw = (int(x) for x in env.split(","))
         return be, min(bc, next_pow2(C)), nw
     bc = min(next_pow2(C), 32)
-    be = 4 if K <= 4 else 8
-    return be, bc, max(1, min(8, be * bc // 32))
+    return 4, bc, max(1, min(4, 4 * bc // 32))
 
 
 def _check(x: torch.Tensor, shape, what: str):
