@@ -1,6 +1,7 @@
 """Kernel benchmark on one GPU: our Triton ops and the peers (bench/peers.py) side by side, one process.
 
     python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P[,P]] [--warm] [--sweep]
+    python bench/kernels.py --combine results/a.json results/b.json ...   (table of saved runs, later wins)
 
 --warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
 fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
@@ -267,7 +268,23 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
+def combine(paths) -> str:
+    """Table from saved JSON files: for each (op, cfg) the latest row of each backend (files in order)."""
+    rows: dict = {}
+    devices = set()
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        devices.add(d["device"])
+        for r in d["rows"]:
+            if "backend" in r and r.get("op") != "sweep":
+                rows[(r["op"], r["cfg"], r["backend"])] = r
+    return "=== " + ", ".join(sorted(devices)) + "  (x faster = best peer ms / ours ms)\n" + table(list(rows.values()))
+
+
 def main(argv):
+    if argv and argv[0] == "--combine":
+        print(combine(argv[1:]))
+        return
     parts = [a for a in argv if not a.startswith("--")] or ["sh", "conv", "sc"]
     quick = "--quick" in argv
     for a in argv:
@@ -287,7 +304,7 @@ def main(argv):
         peers_on = [k for k, v in info.items() if v is True and k in wanted]
     ops = kernels.get_ops("triton")
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-           "triton": __import__("triton").__version__, "date": datetime.datetime.utcnow().isoformat() + "Z",
+           "triton": __import__("triton").__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()[:26] + "Z",
            "peers": info, "rows": []}
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
     if "--sweep" in argv:
