@@ -1,6 +1,6 @@
 """Triton edge_conv vs the reference: values, first and second derivatives (float64), gradcheck and
 gradgradcheck, empty graphs and isolated atoms, float32 error bound, bitwise determinism.
-CPU (interpreter) budget: ~60 s; on a GPU the same tests run at real sizes."""
+CPU (interpreter) budget: ~20 s on 2 cores; on a GPU the same tests run at real sizes."""
 import importlib.util
 import sys
 from pathlib import Path

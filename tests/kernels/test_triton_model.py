@@ -1,6 +1,6 @@
 """Whole model with backend "triton" equals backend "reference": energy, forces, stress and the
 force-training gradient (a loss on forces, backpropagated to every weight). float64.
-CPU (interpreter) budget: ~40 s (a tiny model and two small structures)."""
+CPU (interpreter) budget: ~25 s (a tiny model, lmax_sh 3, correlation 3, two small structures)."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,9 +17,7 @@ pytestmark = T.requires_triton
 potential = pytest.importorskip("potential", reason="potential package not importable")
 ase_build = pytest.importorskip("ase.build")
 
-# on CPU a smaller coupling (lmax_sh 2, correlation 2) keeps the interpreter within budget
-CONFIG = dict(elements=[1, 6, 8], channels=16 if T.GPU else 4, lmax=1, lmax_sh=3 if T.GPU else 2,
-              correlation=3 if T.GPU else 2,
+CONFIG = dict(elements=[1, 6, 8], channels=16 if T.GPU else 4, lmax=1, lmax_sh=3, correlation=3,
               num_interactions=2, r_max=3.0, num_bessel=6, radial_hidden=[8, 8], readout_hidden=8,
               avg_num_neighbors=6.0, atomic_energies=[-13.6, -1029.5, -2041.3], scale=0.7, shift=-1.25,
               dtype="float64", backend="reference")
