@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from .codegen import load_source, next_pow2
+from .codegen import cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source
 
 
@@ -60,10 +60,6 @@ def _edge_kernel(tab: ConvTable):
     return load_source(edge_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
 
 
-def _interp() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def node_config(C: int, K: int) -> tuple[int, int, int]:
     """(edges per tile BE, channels per tile BC, num_warps) for the segment kernels.
 
@@ -105,7 +101,7 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     if N == 0 or C == 0:
         return out
     be, bc, nw = node_config(C, tab.K_in)
-    grid = (N, triton_cdiv(C, bc))
+    grid = (N, cdiv(C, bc))
     _recv_kernel(tab)[grid](h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr,
                             graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw)
     return out
@@ -119,7 +115,7 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     if N == 0 or C == 0:
         return out
     be, bc, nw = node_config(C, tab.K_out)
-    grid = (N, triton_cdiv(C, bc))
+    grid = (N, cdiv(C, bc))
     _send_kernel(tab)[grid](g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr, graph.send_perm,
                             graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw)
     return out
@@ -138,12 +134,8 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         return (dY.zero_() if need_Y else None), dR
     be, bc, nw = edge_config(C, max(tab.K_in, tab.K_out))
     dummy = h
-    _edge_kernel(tab)[(triton_cdiv(E, be),)](
+    _edge_kernel(tab)[(cdiv(E, be),)](
         h.contiguous(), g.contiguous(), Y.contiguous() if need_R else dummy, R.contiguous() if need_Y else dummy,
         dY if need_Y else dummy, dR if need_R else dummy, graph.senders, graph.receivers, E, C,
         BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
     return dY, dR
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
