@@ -200,6 +200,19 @@ class Potential(nn.Module):
         self.ops = kernels.get_ops(name)
         self.backend = name
 
+    def zero_readouts(self) -> None:
+        """Zero the last weight of every readout, so that E_i = E0[s_i] + shift * tanh(n_i) exactly.
+
+        Training calls this on a fresh model: the first predictions are then the fitted reference energies
+        and shift, instead of carrying a random per-atom offset of order `scale` that takes many epochs to
+        unlearn. The readouts' own gradients are non-zero, so everything trains from the first step on.
+        (Random readouts are kept by the constructor: symmetry tests need a non-trivial energy.)
+        """
+        with torch.no_grad():
+            for readout in self.readouts:
+                last = readout.w2 if isinstance(readout, NonLinearReadout) else readout.weight
+                last.zero_()
+
     def set_energy_reference(self, atomic_energies=None, scale=None, shift=None) -> None:
         """Replace E0s (list aligned with elements, eV), scale (eV) and/or shift (eV/atom), in config and buffers."""
         updates = {k: v for k, v in (("atomic_energies", atomic_energies), ("scale", scale), ("shift", shift))

@@ -138,6 +138,7 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"model: {e}") from e
         self.model = potential.Potential(model_config).to(self.device)
+        self.model.zero_readouts()  # start from E = E0 + shift (a restart then loads its own weights)
         if self.world > 1:
             for p in self.model.parameters():
                 dist.broadcast(p.data, 0)

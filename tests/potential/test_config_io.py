@@ -113,3 +113,30 @@ def test_extra_is_stored_as_plain_data(model, tmp_path):
     with pytest.raises(TypeError, match=r"extra\['bad'\] is a object"):
         save_model(model, path, extra={"bad": object()})
     assert read_model_file(path)["extra"]["rmse"] == 0.5  # the failed save left the old file intact
+
+
+def test_zero_readouts_gives_reference_energies_and_still_trains(make_model):
+    """After zero_readouts, E = sum E0 + shift * sum tanh(n_i) exactly, and the readouts get gradients."""
+    from ase.build import molecule
+
+    from data import Batch
+
+    model = make_model(seed=3)
+    atoms = molecule("CH3OH")
+    batch = Batch.from_atoms([atoms], cutoff=model.r_max, dtype=torch.float64)
+    before = model(batch)["energy"].item()
+    model.zero_readouts()
+    out = model(batch, training=True)
+    e0 = dict(zip(model.config.elements, model.config.atomic_energies))
+    shift = model.config.shift
+    reference = sum(e0[z] for z in atoms.numbers)
+    # every atom of methanol has neighbours within 3 Å: tanh(n_i) lies in (0, 1]
+    offset = out["energy"].item() - reference
+    assert offset != pytest.approx(before - reference)
+    assert shift * len(atoms) <= offset < 0.0
+    out["energy"].sum().backward()
+    assert model.readouts[-1].w2.grad.abs().sum() > 0
+    with torch.no_grad():  # the energy no longer depends on the message-passing weights
+        for p in model.interactions.parameters():
+            p.add_(torch.randn_like(p))
+    assert model(batch)["energy"].item() == out["energy"].item()
