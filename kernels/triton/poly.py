@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from .codegen import lit
 
+SUM_CHUNK = 32  # terms per emitted partial sum (see kernel_source.total)
+
 
 @dataclass(frozen=True)
 class Form:
@@ -120,6 +122,21 @@ def kernel_source(name: str, form: Form, outs: tuple) -> str:
             L.append(f"        {prods[fs]} = {left} * {_name(fs[-1])}")
         return prods[fs]
 
+    sums = [0]
+
+    def total(terms: list) -> str:
+        """Sum of terms, emitted as temporaries of at most SUM_CHUNK terms each: Triton's code generator
+        recurses once per binary operator, so one flat sum of hundreds of terms (the second-order forms at
+        lmax_in 3 -> lmax_out 2) overflows Python's recursion limit."""
+        if len(terms) <= SUM_CHUNK:
+            return " + ".join(terms)
+        name = f"ts{sums[0]}"
+        sums[0] += 1
+        L.append(f"        {name} = {' + '.join(terms[:SUM_CHUNK])}")
+        for k in range(SUM_CHUNK, len(terms), SUM_CHUNK):
+            L.append(f"        {name} = {name} + {' + '.join(terms[k:k + SUM_CHUNK])}")
+        return name
+
     for j, s in enumerate(outs):
         for i, lst in derivs[s].items():
             # group by the weight part: sum_wpart wpart * (sum coeff * node monomial)
@@ -130,10 +147,10 @@ def kernel_source(name: str, form: Form, outs: tuple) -> str:
                 groups[wpart].append((coeff, npart))
             pieces = []
             for wpart, cl in sorted(groups.items()):
-                inner = " + ".join(f"{lit(coeff)} * {prod(npart)}" if npart else lit(coeff) for coeff, npart in cl)
+                inner = total([f"{lit(coeff)} * {prod(npart)}" if npart else lit(coeff) for coeff, npart in cl])
                 wp = " * ".join(_name(f) for f in wpart)
                 pieces.append(f"({inner})" + (f" * {wp}" if wp else ""))
-            expr = " + ".join(pieces)
+            expr = total(pieces)
             if s in weight_slots:
                 L.append(f"        a{j}_{i} += tl.where(m2, {expr}, 0.0)")
             else:

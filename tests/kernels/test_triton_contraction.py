@@ -89,3 +89,24 @@ def test_float32_error_bound_and_determinism():
     assert torch.equal(out, out2)  # bitwise, run to run (weight gradients: per-chunk partials, fixed order)
     for a, b in zip(first, first2):
         assert torch.equal(a, b)
+
+
+def test_generated_sums_stay_shallow_for_large_forms():
+    """The second-order form of (lmax_in 3 -> lmax_out 2, correlation 3), the AcAc/3BPA model size, once came
+    out as one expression of hundreds of terms, and Triton's code generator (one recursion per binary
+    operator) hit Python's recursion limit compiling it on a GPU. The interpreter never compiles, so check
+    the generated source itself: no expression nests deeper than two
+    chunked sums."""
+    import ast
+
+    from kernels.triton import contraction as sc
+    from kernels.triton.poly import SUM_CHUNK, kernel_source
+
+    def depth(node) -> int:  # nesting depth of binary operators: what the code generator recurses over
+        below = max((depth(child) for child in ast.iter_child_nodes(node)), default=0)
+        return below + isinstance(node, ast.BinOp)
+
+    second = sc.pullback(sc.pullback(sc.base_form(3, 2, 3), 2), 0)
+    tree = ast.parse(kernel_source("probe", second, (0, 1, 3)))
+    deepest = max(depth(statement) for statement in ast.walk(tree) if isinstance(statement, (ast.Assign, ast.Expr)))
+    assert deepest <= 2 * SUM_CHUNK + 8  # an outer sum of parenthesised inner sums, plus index arithmetic
