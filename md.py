@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compressibility", type=float, help="Berendsen barostat compressibility, 1/GPa (default 0.01)")
     a("--skin", type=float, help="Verlet-list skin, Å (default 1.0)")
     a("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest for small systems)")
+    a("--engine", choices=["ase", "gpu"],
+      help="ase (default): ASE's integrators through potential.Calculator; gpu: the device-resident engine "
+           "(potential.dynamics: nve, nvt langevin/bussi; also runs on the CPU)")
     a("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm bar")
     return p
 

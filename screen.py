@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", choices=["cpu", "cuda"], default="cpu")
     a("--skin", type=float, default=1.0, help="Verlet-list skin for relaxations, Å (default 1.0)")
     a("--threads", type=int, help="torch CPU threads (default: torch's)")
+    a("--engine", choices=["ase", "gpu"], default="ase",
+      help="relaxation engine: ase (default, one structure at a time) or gpu (batched FIRE on the model's device, "
+           "potential.fire; positions only)")
     a("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         atoms, results = screen(
             structures, model, relax=args.relax or args.relax_cell, fmax=args.fmax, max_steps=args.max_steps,
             optimizer=args.optimizer, relax_cell=args.relax_cell, batch_atoms=args.batch_atoms,
-            device=args.device, skin=args.skin, progress=args.progress,
+            device=args.device, skin=args.skin, progress=args.progress, engine=args.engine,
         )
         meta = {"model": args.model, "source": args.structures, "fmax": args.fmax if args.relax else float("nan")}
         write_results(args.out, atoms, results, meta)

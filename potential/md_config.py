@@ -27,6 +27,7 @@ ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "bussi", "nose-hoover")
 BAROSTATS = ("mtk", "berendsen")
 DEVICES = ("cpu", "cuda")
+ENGINES = ("ase", "gpu")
 
 
 @dataclasses.dataclass
@@ -54,6 +55,7 @@ class MDConfig:
     skin: float = 1.0  # Å, Verlet-list skin of the calculator
     threads: int | None = None  # torch intra-op threads; None = torch's default (1 is best for small CPU systems)
     progress: bool = True  # tqdm bar (shown on terminals only)
+    engine: str = "ase"  # "ase": ASE's integrators with potential.Calculator; "gpu": potential.dynamics (device-resident)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "MDConfig":
@@ -103,6 +105,7 @@ class MDConfig:
         choice("thermostat", THERMOSTATS, allow_none=True)
         choice("barostat", BAROSTATS, allow_none=True)
         choice("device", DEVICES)
+        choice("engine", ENGINES)
         number("temperature", nonneg=True)
         number("pressure")
         number("timestep", positive=True)  # fs

@@ -288,6 +288,16 @@ def run_from_config(cfg: MDConfig, base_dir: str | Path | None = None) -> MDResu
     if cfg.model is None:
         raise ValueError("no model given: set --model (or 'model:' in the config)")
     atoms, name = build_structure(cfg.structure, base_dir=base_dir)
+    if cfg.engine == "gpu":
+        from .evaluate import load_model_file
+        from .md_engine import engine_thermostat, run_md_engine
+
+        engine_thermostat(cfg)  # refuse npt / nose-hoover before loading anything
+        if cfg.threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        return run_md_engine(atoms, cfg, load_model_file(cfg.model, device=cfg.device), name)
     calculator = load_calculator(cfg.model, device=cfg.device, skin=cfg.skin)
     return run_md(atoms, cfg, calculator=calculator, name=name)
 

@@ -100,12 +100,18 @@ def screen(
     device: str | None = None,
     skin: float = 1.0,
     progress: bool = False,
+    engine: str = "ase",
 ) -> tuple[list[ase.Atoms], list[dict]]:
     """Evaluate (and optionally relax) every structure; errors are recorded, never raised.
 
     Returns (atoms, results): the final geometries (relaxed, or as given) and one result dict per
     input structure (keys of ``potential.evaluate`` plus, with relax, initial_energy, steps, converged).
     """
+    if engine not in ("ase", "gpu"):
+        raise ValueError(f"engine={engine!r} must be 'ase' or 'gpu'")
+    if engine == "gpu" and relax and (relax_cell or optimizer != "fire"):
+        raise ValueError("engine 'gpu' relaxes positions with batched FIRE; --relax-cell and --optimizer bfgs "
+                         "need --engine ase")
     if optimizer not in ("fire", "bfgs"):
         raise ValueError(f"optimizer={optimizer!r} must be 'fire' or 'bfgs'")
     if not (fmax > 0):
@@ -133,6 +139,9 @@ def screen(
         bar = tqdm(total=len(todo), unit="struct", desc="relax", disable=None)
     for r in results:
         r.update(initial_energy=r["energy"], steps=0, converged=False)
+    if engine == "gpu":  # all good structures at once, FIRE state per structure (potential.fire)
+        _relax_batched(model, atoms_out, results, todo, fmax, max_steps, skin, batch_atoms)
+        todo = []
     for i in todo:
         atoms = atoms_out[i]
         try:
@@ -150,6 +159,22 @@ def screen(
     if bar is not None:
         bar.close()
     return atoms_out, results
+
+
+def _relax_batched(model, atoms_out, results, todo, fmax, max_steps, skin, batch_atoms) -> None:
+    """Relax atoms_out[i] for i in todo with potential.fire.relax_batch; a failure is recorded on each of them."""
+    from .fire import relax_batch
+
+    try:
+        done = relax_batch(model, [atoms_out[i] for i in todo], fmax=fmax, max_steps=max_steps, skin=skin,
+                           batch_atoms=batch_atoms)
+    except Exception as e:
+        for i in todo:
+            results[i].update(error=f"relaxation failed: {type(e).__name__}: {e}", energy=math.nan,
+                              energy_per_atom=math.nan, forces=None, stress=None, max_force=math.nan)
+        return
+    for i, out in zip(todo, done):
+        results[i].update(out)
 
 
 def _pressure_gpa(stress) -> float:
