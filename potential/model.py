@@ -2,7 +2,7 @@
 
 Energy model (eV), for atom i of species s_i:
 
-    E_i = E0[s_i] + shift * tanh(n_i) + scale * sum_t readout_t(h_i^t)        (accumulated in float64)
+    E_i = E0[s_i] + (shift + b[s_i]) * tanh(n_i) + scale * sum_t readout_t(h_i^t)   (accumulated in float64)
     n_i = sum_{j in N(i)} f_cut(r_ij)                                          (smooth coordination number)
 
 - E0 (``atomic_energies``) are the isolated-atom reference energies. An atom with no neighbour inside r_max
@@ -10,6 +10,10 @@ Energy model (eV), for atom i of species s_i:
 - ``shift`` (eV/atom) is the mean per-atom energy above the E0s in condensed environments; the gate tanh(n_i)
   switches it off smoothly (C^2, like f_cut) as an atom loses its last neighbour, so isolated atoms stay at E0
   while bulk and molecular atoms (n_i >~ 3, tanh >~ 0.995) get the full shift.
+- ``b`` (``species_shift``, eV/atom, one trainable number per element, zero at the start) corrects the shift per
+  element during training. The loss is dominated by forces, which say nothing about a constant; without b, the
+  mean energy is carried only by the readouts and drifts by tens of meV/atom (seen on AcAc). With b, the
+  optimizer moves it by about lr eV per step, so the energy offset is fitted within the first epoch.
 - ``scale`` (eV) multiplies the sum of the per-layer readouts (linear for hidden layers, an MLP on the last).
 Forces are -dE/dpositions, stress = (1/V) dE/dstrain (ASE sign), both from one autograd call.
 """
@@ -152,6 +156,7 @@ class Potential(nn.Module):
         self.register_buffer("atomic_energies", torch.tensor(config.atomic_energies, dtype=torch.float64))  # [S] eV
         self.register_buffer("scale", torch.tensor(config.scale, dtype=torch.float64))  # eV
         self.register_buffer("shift", torch.tensor(config.shift, dtype=torch.float64))  # eV/atom
+        self.species_shift = nn.Parameter(torch.zeros(num_species))  # [S] eV/atom, trained (module docstring)
 
         self.bessel = BesselBasis(config.r_max, config.num_bessel)
         self.envelope = PolynomialEnvelope(config.r_max, config.envelope_p)
@@ -204,8 +209,8 @@ class Potential(nn.Module):
         """Zero the last weight of every readout, so that E_i = E0[s_i] + shift * tanh(n_i) exactly.
 
         Training calls this on a fresh model: the first predictions are then the fitted reference energies
-        and shift, instead of carrying a random per-atom offset of order `scale` that takes many epochs to
-        unlearn. The readouts' own gradients are non-zero, so everything trains from the first step on.
+        and shift (species_shift starts at zero), instead of carrying a random per-atom offset of order
+        `scale` that takes many epochs to unlearn. The readouts' own gradients are non-zero, so everything trains from the first step on.
         (Random readouts are kept by the constructor: symmetry tests need a non-trivial energy.)
         """
         with torch.no_grad():
@@ -329,7 +334,8 @@ class Potential(nn.Module):
             site = site + readout(h)  # [N]
         coordination = torch.zeros(num_nodes, dtype=cutoff.dtype, device=cutoff.device).index_add(0, receivers, cutoff)
         gate = torch.tanh(coordination)  # [N], 0 exactly for an atom without neighbours
-        return self.atomic_energies[species] + self.shift * gate.double() + self.scale * site.double()
+        shift = self.shift + self.species_shift[species].double()  # [N] eV/atom
+        return self.atomic_energies[species] + shift * gate.double() + self.scale * site.double()
 
     def extra_repr(self) -> str:
         cfg = self.config

@@ -140,3 +140,22 @@ def test_zero_readouts_gives_reference_energies_and_still_trains(make_model):
         for p in model.interactions.parameters():
             p.add_(torch.randn_like(p))
     assert model(batch)["energy"].item() == out["energy"].item()
+
+
+def test_species_shift_is_gated_like_shift(make_model):
+    """The trainable per-element shift moves bulk/molecular atoms and leaves an isolated atom at exactly E0."""
+    from ase.build import molecule
+
+    from data import Batch
+
+    model = make_model(seed=4)
+    lone = Atoms("O", positions=[[0.0, 0.0, 0.0]])
+    methanol = molecule("CH3OH")
+    batch = Batch.from_atoms([lone, methanol], cutoff=model.r_max, dtype=torch.float64)
+    before = model(batch)["energy"]
+    with torch.no_grad():
+        model.species_shift.copy_(torch.tensor([0.3, -0.2, 0.5], dtype=model.species_shift.dtype))
+    after = model(batch)["energy"]
+    e0 = dict(zip(model.config.elements, model.config.atomic_energies))
+    assert after[0].item() == e0[8] == before[0].item()
+    assert 0.0 < (after[1] - before[1]).item() < 0.3 * 4 - 0.2 * 1 + 0.5 * 1 + 1e-9  # 4 H, 1 C, 1 O; tanh <= 1
