@@ -322,6 +322,45 @@ def part_maxsize(bench):
         bench.row(part="maxsize_result", impl=impl, largest_atoms=best)
 
 
+WARM_PARTS = ("sh", "conv0", "conv1", "sc1", "sc0")
+
+
+def warm(part: str) -> None:
+    """Compile (into Triton's cache) the kernels one op of the 128-channel model needs, with the gradients the
+    static step asks for; run one process per part in parallel before the timed run (compiling is CPU work)."""
+    import kernels
+    from potential.static_ops import triton_contraction
+
+    dev, c, n = torch.device("cuda"), 128, 865
+    e = 256 * 160
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    receivers = torch.sort(torch.randint(0, n, (e,), generator=gen)).values.to(dev)
+    senders = torch.randint(0, n, (e,), generator=gen).to(dev)
+    graph = kernels.make_graph(senders, receivers, n)
+    ops = kernels.get_ops("triton")
+
+    def randn(*shape, grad=False):
+        return torch.randn(*shape, device=dev).requires_grad_(grad)
+
+    if part == "sh":
+        v = randn(e, 3, grad=True)
+        torch.autograd.grad(ops.spherical_harmonics(v, 3).sum(), [v])
+    elif part in ("conv0", "conv1"):
+        spec = kernels.ConvSpec(int(part[-1]), 3, 3)
+        h = randn(n, spec.dim_in, c, grad=part == "conv1")
+        y, r = randn(e, spec.dim_sh, grad=True), randn(e, spec.num_paths, c, grad=True)
+        out = ops.edge_conv(h, y, r, graph, spec)
+        torch.autograd.grad(out.sum(), [y, r] + ([h] if h.requires_grad else []))
+    elif part in ("sc1", "sc0"):
+        spec = kernels.ContractionSpec(3, int(part[-1]), 3)
+        species = torch.zeros(n, dtype=torch.int64, device=dev)
+        x, w = randn(n, spec.dim_in, c, grad=True), randn(1, spec.num_weights, c)
+        out = triton_contraction(species, 1, c)(x, species, w, spec)
+        torch.autograd.grad(out.sum(), [x])
+    torch.cuda.synchronize()
+    print(f"warm {part} done", flush=True)
+
+
 def table(results):
     lines = [f"device: {results['device']}  torch {results['torch']}",
              f"{'part':9} {'impl':26} {'system':8} {'atoms':>7} {'ms/step':>9} {'atom-steps/s':>13} {'note'}"]
@@ -357,7 +396,11 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; CPU is fine)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
     p.add_argument("--bpa", default=str(BPA_FILE), help="3BPA xyz file (its first frame is used)")
+    p.add_argument("--warm", choices=WARM_PARTS, help="only compile the Triton kernels of one op, then exit")
     args = p.parse_args(argv)
+    if args.warm:
+        warm(args.warm)
+        return
     BPA_FILE = Path(args.bpa)
     if not BPA_FILE.exists():
         p.error(f"--bpa {BPA_FILE}: no such file (the 3BPA set lives in ../shared/data/3BPA)")

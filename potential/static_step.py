@@ -200,9 +200,20 @@ class StaticStep:
         self.captures += 1
 
     def _compute(self) -> dict:
-        """The padded evaluation; only device ops on fixed-shape buffers (capturable)."""
-        with torch.enable_grad():  # forces are gradients, also when the caller is under no_grad
-            return self._compute_grad()
+        """The padded evaluation; only device ops on fixed-shape buffers (capturable).
+
+        The model's parameters are frozen for the call (requires_grad restored after): forces need gradients
+        with respect to positions (and strain) only, and custom autograd Functions (the Triton ops) would
+        otherwise also compute the unused weight gradients."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad():  # forces are gradients, also when the caller is under no_grad
+                return self._compute_grad()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def _compute_grad(self) -> dict:
         b, n = self.num_structures, self.num_atoms

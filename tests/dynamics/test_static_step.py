@@ -46,6 +46,7 @@ def test_padded_step_equals_eager_forward(overrides):
     assert step.num_pad_edges > step.num_edges > 0  # padding present, and the list has a skin
     assert_same(out, eager(model, atoms_list))
     torch.testing.assert_close(out["node_energy"], eager(model, atoms_list)["node_energy"], rtol=0, atol=ATOL)
+    assert all(p.requires_grad for p in model.parameters())  # frozen only during the step
 
 
 def test_padding_amount_does_not_change_results(model):
