@@ -242,21 +242,6 @@ class StaticStep:
         return out
 
     def _node_energy(self, vec: torch.Tensor, graph) -> torch.Tensor:
-        """Per-atom energies [N+1] float64; the same terms as Potential._node_energy."""
-        model, ops, species = self.model, self.ops, self.species
-        r2 = (vec * vec).sum(dim=-1)  # [E] Å^2 (> 0: no self edge at zero shift, padding is far)
-        nonzero = r2 > 0
-        r = torch.where(nonzero, torch.sqrt(torch.where(nonzero, r2, torch.ones_like(r2))), torch.zeros_like(r2))
-        cutoff = model.envelope(r)  # [E], exactly 0 for r >= r_max
-        edge_feats = model.bessel(r) * cutoff.unsqueeze(-1)  # [E, num_bessel]
-        edge_sh = ops.spherical_harmonics(vec, model.config.lmax_sh)  # [E, (lmax_sh+1)**2]
-        h = model.embedding(species)  # [N+1, 1, C]
-        site = torch.zeros(graph.num_nodes, dtype=h.dtype, device=h.device)  # [N+1]
-        for interaction, product, readout in zip(model.interactions, model.products, model.readouts):
-            m = interaction(h, edge_sh, edge_feats, graph, ops)  # [N+1, K_msg, C]
-            h = product(m, h, species, ops)  # [N+1, K_hidden, C]
-            site = site + readout(h)
-        coordination = torch.zeros(graph.num_nodes, dtype=cutoff.dtype, device=cutoff.device)
-        coordination = coordination.index_add(0, graph.receivers, cutoff)  # [N+1]
-        gate = torch.tanh(coordination)
-        return model.atomic_energies[species] + model.shift * gate.double() + model.scale * site.double()
+        """Per-atom energies [N+1] float64: the model's own energy model (Potential.node_energies), with this
+        step's padded graph and capture-safe ops, so the two can never drift apart."""
+        return self.model.node_energies(self.species, vec, graph, self.ops)
