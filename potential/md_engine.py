@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from pathlib import Path
 
 import ase
-from ase import units
 
 from .md_config import MDConfig
-from .md_runner import LOG_COLUMNS, MDResult, TrajectoryWriter, check_elements, init_velocities, is_3d_periodic
+from .md_runner import (MDResult, TrajectoryWriter, check_elements, format_row, init_velocities, is_3d_periodic,
+                        open_log)
 
 ENGINE_THERMOSTATS = {"nve": None, "langevin": "langevin", "bussi": "bussi"}
 
@@ -47,14 +46,7 @@ def run_md_engine(atoms: ase.Atoms, cfg: MDConfig, model, name: str = "structure
     dyn = Dynamics(model, atoms, timestep=cfg.timestep, thermostat=thermostat, temperature=cfg.temperature,
                    friction=cfg.friction, tdamp=cfg.tdamp if cfg.tdamp is not None else 100.0 * cfg.timestep,
                    seed=cfg.seed, skin=cfg.skin, stress=periodic)
-    log_file, close_log = None, False
-    if cfg.log == "-":
-        log_file = sys.stdout
-    elif cfg.log is not None:
-        Path(cfg.log).parent.mkdir(parents=True, exist_ok=True)
-        log_file, close_log = open(cfg.log, "w"), True
-    if log_file is not None:
-        log_file.write(",".join(LOG_COLUMNS) + "\n")
+    log_file, close_log = open_log(cfg.log)
     traj = TrajectoryWriter(cfg.trajectory, atoms) if cfg.trajectory is not None else None
     rows: list[dict[str, float]] = []
     last = [time.perf_counter(), 0]  # wall time and step of the previous log line
@@ -77,9 +69,7 @@ def run_md_engine(atoms: ase.Atoms, cfg: MDConfig, model, name: str = "structure
                "volume_A3": float(o["volume"][0]), "steps_per_s": rate}
         rows.append(row)
         if log_file is not None:
-            log_file.write(f"{step:d},{row['time_fs']:.3f},{row['epot_eV']:.6f},{row['ekin_eV']:.6f},"
-                           f"{row['etot_eV']:.6f},{row['temperature_K']:.2f},{row['pressure_GPa']:.5f},"
-                           f"{row['volume_A3']:.4f},{rate:.2f}\n")
+            log_file.write(format_row(row))
             log_file.flush()
         if traj is not None:
             traj.atoms = d.get_atoms()[0]

@@ -131,6 +131,27 @@ def make_dynamics(atoms: ase.Atoms, cfg: MDConfig, name: str = "structure"):
     )
 
 
+def open_log(path: str | None) -> tuple[IO[str] | None, bool]:
+    """The CSV log target for ``path`` (None: no log, "-": stdout, else a new file) with the header written,
+    and whether the caller must close it."""
+    if path is None:
+        return None, False
+    if path == "-":
+        out, close = sys.stdout, False
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        out, close = open(path, "w"), True
+    out.write(",".join(LOG_COLUMNS) + "\n")
+    out.flush()
+    return out, close
+
+
+def format_row(row: dict[str, float]) -> str:
+    """One CSV log line (LOG_COLUMNS order, newline included)."""
+    return (f"{row['step']:d},{row['time_fs']:.3f},{row['epot_eV']:.6f},{row['ekin_eV']:.6f},{row['etot_eV']:.6f},"
+            f"{row['temperature_K']:.2f},{row['pressure_GPa']:.5f},{row['volume_A3']:.4f},{row['steps_per_s']:.2f}\n")
+
+
 class CSVLogger:
     """Observer writing one CSV line per call; keeps the rows in memory too (``.rows``)."""
 
@@ -139,9 +160,6 @@ class CSVLogger:
         self.rows: list[dict[str, float]] = []
         self.periodic = is_3d_periodic(atoms)
         self._last = None  # (wall time, step) of the previous line
-        if out is not None:
-            out.write(",".join(LOG_COLUMNS) + "\n")
-            out.flush()
 
     def __call__(self) -> None:
         atoms, now, step = self.atoms, time.perf_counter(), self.dyn.nsteps
@@ -167,10 +185,7 @@ class CSVLogger:
         }
         self.rows.append(row)
         if self.out is not None:
-            self.out.write(
-                f"{step:d},{row['time_fs']:.3f},{epot:.6f},{ekin:.6f},{epot + ekin:.6f},{row['temperature_K']:.2f},"
-                f"{pressure:.5f},{row['volume_A3']:.4f},{rate:.2f}\n"
-            )
+            self.out.write(format_row(row))
             self.out.flush()
 
 
@@ -239,12 +254,7 @@ def run_md(atoms: ase.Atoms, cfg: MDConfig, calculator=None, name: str = "struct
     init_velocities(atoms, cfg.temperature, cfg.seed)
     dyn = make_dynamics(atoms, cfg, name)
 
-    log_file, close_log = None, False
-    if cfg.log == "-":
-        log_file = sys.stdout
-    elif cfg.log is not None:
-        Path(cfg.log).parent.mkdir(parents=True, exist_ok=True)
-        log_file, close_log = open(cfg.log, "w"), True
+    log_file, close_log = open_log(cfg.log)
     logger = CSVLogger(dyn, atoms, log_file)
     dyn.attach(logger, interval=cfg.interval)
     traj = None
