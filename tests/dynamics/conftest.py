@@ -27,16 +27,6 @@ def make_model(seed=0, elements=(1, 6, 8, 29), r_max=4.0, scale=2.0, **overrides
     return Potential(ModelConfig.from_dict(d)).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These steps are hundreds of tiny ops: one intra-op thread is faster than two (and far faster on a busy
-    machine, where OpenMP threads spin-wait for each other); restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def model():
     return make_model()

@@ -14,15 +14,6 @@ ref = kernels.get_ops("reference")
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on a busy 2-core runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_orthogonal(seed: int, improper: bool) -> torch.Tensor:
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=DT))
     q = q * torch.sign(torch.diagonal(r))

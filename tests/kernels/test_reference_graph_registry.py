@@ -9,15 +9,6 @@ from kernels import ContractionSpec, ConvSpec, Graph, get_ops, make_graph
 from kernels import registry
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on a busy 2-core runner)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_make_graph_pointers_and_sender_permutation():
     senders = torch.tensor([2, 0, 3, 0, 2, 0])
     receivers = torch.tensor([0, 1, 1, 2, 2, 2])

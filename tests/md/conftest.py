@@ -47,12 +47,6 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
 def emt_structures(n: int = 16, seed: int = 0):
     """32-atom fcc Cu cells, lattice constant -5%..+8% around EMT's, rattled; EMT energy and forces."""
     from data import Structure

@@ -49,15 +49,6 @@ def build_model(seed: int = 0, **overrides):
     return Potential(ModelConfig.from_dict({**BASE, **overrides}))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test systems are tiny: one intra-op thread is faster, and immune to busy machines (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="session")
 def props():
     return load_properties()

@@ -33,18 +33,6 @@ def emt_structures(n: int, seed: int = 0, element: str = "Cu", stress_every: int
     return out
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner OpenMP spinning makes
-    them ~10x slower; restored after each test so other packages' tests are unaffected."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def emt():
     """The `emt_structures` factory."""

@@ -1,0 +1,14 @@
+"""Shared test settings for every package's tests."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Test models and graphs are tiny: intra-op threads only add synchronisation, and on a busy 2-core runner
+    OpenMP threads spin-wait for each other (10-80x slower steps seen). One thread per test, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
