@@ -41,9 +41,14 @@ def _run(model, batch):
     return out, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
-def test_triton_model_equals_reference():
+# hidden lmax 2 is the AcAc/3BPA size; its second-order contraction kernel takes minutes to compile, so GPU only
+LMAXES = [1, 2] if T.GPU else [1]
+
+
+@pytest.mark.parametrize("lmax", LMAXES, ids=lambda l: f"hidden-lmax{l}")
+def test_triton_model_equals_reference(lmax):
     torch.manual_seed(0)
-    model = potential.Potential(potential.ModelConfig.from_dict(CONFIG)).to(T.DEVICE)
+    model = potential.Potential(potential.ModelConfig.from_dict({**CONFIG, "lmax": lmax})).to(T.DEVICE)
     batch = _batch()
     ref_out, ref_grads = _run(model, batch)
     model.set_backend("triton")
