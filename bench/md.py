@@ -234,17 +234,18 @@ def part_ase(bench):
     from potential import Calculator
 
     a = bench.args
-    cases = [(name, [29], make) for name, make in systems(a.quick).items()] + [("3bpa1", [1, 6, 7, 8], bpa)]
-    for name, elements, make in cases:
+    cases = [(name, [29], make, None) for name, make in systems(a.quick).items()] + [("3bpa1", [1, 6, 7, 8], bpa, None)]
+    cases.append(("cu864", [29], systems(a.quick)["cu864"], False))  # the eager path (no static step), for contrast
+    for name, elements, make, static in cases:
         if bench.left() < 20:
             bench.row(part="ase", system=name, skipped="budget")
             continue
         try:
             bench.reset_peak()
             atoms = with_velocities(make(), 300)
-            atoms.calc = Calculator(ours_model(elements, bench.device, a.quick), skin=a.skin)
-            t = time_ase(bench, atoms, a.ase_steps, 3)
-            bench.row(part="ase", impl="tumbler-ase", system=name, atoms=len(atoms), ms_per_step=t * 1e3,
+            atoms.calc = Calculator(ours_model(elements, bench.device, a.quick), skin=a.skin, static=static)
+            t = time_ase(bench, atoms, a.ase_steps, 5)
+            bench.row(part="ase", impl="tumbler-ase" + ("-eager" if static is False else ""), system=name, atoms=len(atoms), ms_per_step=t * 1e3,
                       atom_steps_per_s=len(atoms) / t, peak_MiB=bench.peak_mib())
         except Exception as e:
             traceback.print_exc()
@@ -284,7 +285,7 @@ def part_mace(bench, backends=None):
                 bench.reset_peak()
                 atoms = with_velocities(make(), 300)
                 atoms.calc = mace_calculator(backend, path)
-                t = time_ase(bench, atoms, a.ase_steps, 3)
+                t = time_ase(bench, atoms, a.ase_steps, 5)
                 bench.row(part="mace", impl=f"mace-{backend}", system=name, atoms=len(atoms), ms_per_step=t * 1e3,
                           atom_steps_per_s=len(atoms) / t, peak_MiB=bench.peak_mib())
             except Exception as e:
@@ -298,13 +299,13 @@ def part_maxsize(bench):
     from potential.static_step import StaticStep
 
     a = bench.args
-    sizes = [int(s) for s in a.max_sizes.split(",")]
+    sizes = {name: [int(s) for s in sz.split(",")] for name, sz in (x.split("=") for x in a.max_sizes.split(";"))}
     impls = ["tumbler-engine"] + [f"mace-{b}" for b in a.maxsize_backends.split(",") if b]
     model = ours_model([29], bench.device, a.quick)
     path = None
     for impl in impls:
         best = None
-        for n_rep in sizes:
+        for n_rep in sizes["tumbler" if impl == "tumbler-engine" else impl.split("-", 1)[1]]:
             if bench.left() < 15:
                 bench.row(part="maxsize", impl=impl, skipped="budget", largest_atoms=best)
                 break
@@ -401,13 +402,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="engine,ase,mace,maxsize,mace_late")
     p.add_argument("--steps", type=int, default=100, help="timed engine steps (after 10 warm-up steps)")
-    p.add_argument("--ase-steps", type=int, default=10, help="timed ASE steps (after 3 warm-up steps)")
+    p.add_argument("--ase-steps", type=int, default=20, help="timed ASE steps (after 5 warm-up steps)")
     p.add_argument("--replicas", type=int, default=64)
     p.add_argument("--skin", type=float, default=0.5, help="Verlet skin, Å (ours)")
     p.add_argument("--mace-backends", default="cueq,e3nn")
     p.add_argument("--mace-late-backends", default="oeq", help="MACE backends timed after the memory test")
     p.add_argument("--maxsize-backends", default="cueq,e3nn", help="MACE backends in the memory test")
-    p.add_argument("--max-sizes", default="22,30,40", help="fcc Cu n for the n^3 x 4 atom memory test")
+    p.add_argument("--max-sizes", default="tumbler=40,50,60,68;cueq=34,36,38,40;e3nn=14,18,20,22;oeq=34,36,38",
+                   help="fcc Cu n (n^3 x 4 atoms) tried in the memory test, per implementation")
     p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new rows after this many seconds")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; CPU is fine)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
@@ -421,7 +423,7 @@ def main(argv=None):
     if not BPA_FILE.exists():
         p.error(f"--bpa {BPA_FILE}: no such file (the 3BPA set lives in ../shared/data/3BPA)")
     if args.quick:
-        args.max_sizes = "2,3"
+        args.max_sizes = "tumbler=2,3;cueq=2,3;e3nn=2,3;oeq=2,3"
     bench = Bench(args)
     parts = {"engine": part_engine, "mace": part_mace, "ase": part_ase, "maxsize": part_maxsize,
              "mace_late": part_mace_late}

@@ -5,10 +5,15 @@ energies, eV; they sum to energy) and stress (eV/Å^3, ASE sign and Voigt order 
 latter only for 3D-periodic cells: it is computed with every call on such cells (one extra strain gradient,
 no second model evaluation when ASE asks for it) and asking for it on any other system is an error.
 
-The neighbour list is a ``data.VerletList`` (cutoff r_max, skin 1 Å by default) kept on the model's device,
-so MD steps reuse it until an atom moves more than skin/2; edges beyond r_max contribute exactly zero, so
-results equal those of a freshly built list (to rounding from the summation order). Results are cached by
-ASE's ``check_state`` rules (positions, numbers, cell, pbc ...).
+Two evaluation paths, the same numbers (tests/potential/test_calculator.py):
+- eager (default on CPU): a ``data.VerletList`` (cutoff r_max, skin 1 Å by default) kept on the model's
+  device, so MD steps reuse it until an atom moves more than skin/2, then the model's forward;
+- static (default on CUDA, ``static=True``): a ``potential.static_step.StaticStep`` for the current atoms
+  (device Verlet list, padded shapes, the whole energy+forces(+stress) step replayed as one CUDA graph), kept
+  while the numbers and pbc stay the same (a new cell is passed on with ``set_cell``). This removes the Python
+  and launch overhead that dominates an ASE MD step on a GPU.
+Edges beyond r_max contribute exactly zero, so results equal those of a freshly built list (to rounding from
+the summation order). Results are cached by ASE's ``check_state`` rules (positions, numbers, cell, pbc ...).
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ import data
 
 from .io import load_model
 from .model import Potential
+from .static_step import StaticStep
 
 
 class Calculator(_AseCalculator):
-    """``Calculator(model, device=None, skin=1.0)``; ``device=None`` keeps the model where it is."""
+    """``Calculator(model, device=None, skin=1.0, static=None)``; ``device=None`` keeps the model where it is;
+    ``static=None`` means static on CUDA, eager elsewhere (see the module docstring)."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
-    def __init__(self, model: Potential, device: str | torch.device | None = None, skin: float = 1.0, **kwargs):
+    def __init__(self, model: Potential, device: str | torch.device | None = None, skin: float = 1.0,
+                 static: bool | None = None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, Potential):
             raise TypeError(f"Calculator: expected a potential.Potential, got {type(model).__name__}")
@@ -40,7 +48,16 @@ class Calculator(_AseCalculator):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = model.dtype
-        self.neighbors = data.VerletList(model.r_max, skin)
+        self.skin = float(skin)
+        self.static = self.device.type == "cuda" if static is None else bool(static)
+        self.neighbors = data.VerletList(model.r_max, skin)  # eager path
+        self.step = None  # static path: a StaticStep for self._step_key = (numbers, pbc)
+        self._step_key = None
+
+    @property
+    def rebuilds(self) -> int:
+        """Neighbour-list builds so far (of the current static step, or of the eager Verlet list)."""
+        return self.step.rebuilds if self.static and self.step is not None else self.neighbors.rebuilds
 
     @classmethod
     def from_file(cls, path, device: str | torch.device = "cpu", **kwargs) -> "Calculator":
@@ -65,6 +82,32 @@ class Calculator(_AseCalculator):
         numbers_np = atoms.get_atomic_numbers()
         self._check_elements(numbers_np)
 
+        out = self._static(atoms, periodic) if self.static else self._eager(atoms, numbers_np, pbc_np, periodic)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out["node_energy"].cpu().numpy().astype(np.float64),
+            "forces": out["forces"].cpu().numpy().astype(np.float64),
+        }
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].cpu().numpy().astype(np.float64))
+
+    def _static(self, atoms, periodic: bool) -> dict:
+        """The padded, graph-replayed step; a new one when the numbers or pbc change, set_cell for a new cell."""
+        cell = np.array(atoms.cell.array, dtype=np.float64)  # [3, 3] Å
+        key = (atoms.numbers.tobytes(), tuple(bool(x) for x in atoms.pbc))
+        if self.step is None or key != self._step_key:
+            self.step = StaticStep(self.model, torch.tensor(atoms.numbers), [0, len(atoms)], torch.tensor(cell),
+                                   torch.tensor(atoms.pbc), skin=self.skin, stress=periodic)
+            self._step_key, self._cell = key, cell
+        elif not np.array_equal(cell, self._cell):
+            self.step.set_cell(torch.tensor(cell))
+            self._cell = cell
+        return self.step(torch.tensor(atoms.positions, dtype=torch.float64, device=self.device))
+
+    def _eager(self, atoms, numbers_np, pbc_np, periodic: bool) -> dict:
+        """Verlet list on the model's device, then the model's own forward."""
         device, dtype = self.device, self.dtype
         n = len(atoms)
         positions = torch.tensor(atoms.positions, dtype=dtype, device=device)  # [N, 3] Å
@@ -90,13 +133,4 @@ class Calculator(_AseCalculator):
             weight=torch.ones(1, dtype=torch.float64, device=device),
             index=torch.zeros(1, dtype=torch.int64, device=device),
         )
-        out = self.model(batch, forces=True, stress=periodic)
-        energy = float(out["energy"][0])
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "energies": out["node_energy"].cpu().numpy().astype(np.float64),
-            "forces": out["forces"].cpu().numpy().astype(np.float64),
-        }
-        if periodic:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].cpu().numpy().astype(np.float64))
+        return self.model(batch, forces=True, stress=periodic)

@@ -106,7 +106,7 @@ class RadialMLP(nn.Module):
         x = edge_feats  # [E, num_basis]
         last = len(self.weights) - 1
         for i, w in enumerate(self.weights):
-            x = x @ w / math.sqrt(w.shape[0])  # [E, fan_out]
+            x = x @ (w * (1.0 / math.sqrt(w.shape[0])))  # [E, fan_out]; scaling W, not x: no [E, P*C] pass
             if i < last:
                 x = self.act(x)
         return x.reshape(x.shape[0], self.num_paths, self.channels)  # [E, P, C]
