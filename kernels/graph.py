@@ -6,6 +6,7 @@ op (sum over the outgoing edges of a node) uses send_perm, the stable argsort of
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -81,3 +82,30 @@ def make_graph(senders: torch.Tensor, receivers: torch.Tensor, num_nodes: int, *
         send_perm=send_perm,
         send_ptr=_ptr(senders[send_perm], num_nodes),
     )
+
+
+def edge_chunks(graph: Graph, size: int) -> Iterator[tuple[int, int, Graph]]:
+    """Split a Graph into consecutive edge ranges: yields (lo, hi, sub) for [lo, hi) = [0, size), [size, 2 size),
+    ..., the last one partial; no chunk for a graph without edges.
+
+    ``sub`` is a valid Graph over the same num_nodes nodes holding only edges lo..hi-1, renumbered 0..hi-lo-1, so
+    the sum over chunks of any op on (graph edges [lo:hi], sub) equals the op on the whole graph. lo and hi come
+    from the shape (Python ints); the rest is device ops without host synchronisation (CUDA-graph capturable):
+    senders/receivers are views, recv_ptr is the parent's clamped to the range (receivers are sorted), and the
+    sender order is re-sorted within the chunk. Cost per chunk: send_perm [hi-lo] and two [N+1] pointers, plus
+    node-sized work in any op on it; so chunks should be few (size ~ E / k for a small k), not tiny."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"edge_chunks: size must be an int >= 1, got {size!r}")
+    for lo in range(0, graph.num_edges, size):
+        hi = min(lo + size, graph.num_edges)
+        senders = graph.senders[lo:hi]  # [hi-lo]
+        send_perm = torch.argsort(senders, stable=True)  # [hi-lo], chunk-local edge ids ordered by sender
+        sub = Graph(
+            senders=senders,
+            receivers=graph.receivers[lo:hi],
+            num_nodes=graph.num_nodes,
+            recv_ptr=graph.recv_ptr.clamp(lo, hi) - lo,  # [N+1]: edges of receiver i within [lo, hi), shifted
+            send_perm=send_perm,
+            send_ptr=_ptr(senders[send_perm], graph.num_nodes),  # [N+1]
+        )
+        yield lo, hi, sub

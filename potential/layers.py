@@ -15,8 +15,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import kernels
+from kernels.graph import edge_chunks
 
 from .irreps import l_slice
 from .radial import NormalizedSiLU, RadialMLP
@@ -100,7 +102,16 @@ class Interaction(nn.Module):
 
     m_i = Linear( sum_{e: receiver i} R(r_e) * CG( Linear_up(h)[sender e], Y(r_hat_e) ) / avg_num_neighbors )
     Input [N, (lmax_in+1)**2, C] -> output [N, (lmax_out+1)**2, C] (lmax_out = the conv's, usually lmax_sh).
+
+    ``edge_chunk`` (edges, None = off; set by Potential.set_edge_chunk, not a hyperparameter): in eval mode, on
+    graphs with more edges, the radial weights R [E, P, C] (P*C floats per edge, the largest tensor of the model)
+    and the conv run over edge chunks, each checkpointed: a chunk's R is freed after use and recomputed in the
+    backward, so neither R nor its gradient ever exists for more than one chunk at a time. Never in train mode: a
+    force loss differentiates the forces again (create_graph), which keeps every recomputed chunk alive anyway, so
+    chunking would only add compute (the numbers would still be right).
     """
+
+    edge_chunk: int | None = None
 
     def __init__(self, lmax_in: int, lmax_sh: int, lmax_out: int, channels: int, num_basis: int,
                  radial_hidden: Sequence[int], avg_num_neighbors: float):
@@ -114,9 +125,34 @@ class Interaction(nn.Module):
 
     def forward(self, h: torch.Tensor, edge_sh: torch.Tensor, edge_feats: torch.Tensor, graph, ops) -> torch.Tensor:
         h_up = self.linear_up(h)  # [N, K_in, C]
-        weights = self.radial(edge_feats)  # [E, P, C]
-        m = ops.edge_conv(h_up, edge_sh, weights, graph, self.spec)  # [N, K_out, C]
+        size = self.edge_chunk
+        if size is not None and not self.training and graph.num_edges > size:
+            m = self._chunked_conv(h_up, edge_sh, edge_feats, graph, ops, size)  # [N, K_out, C]
+        else:
+            weights = self.radial(edge_feats)  # [E, P, C]
+            m = ops.edge_conv(h_up, edge_sh, weights, graph, self.spec)  # [N, K_out, C]
         return self.linear(m * self.inv_avg_num_neighbors)  # [N, K_out, C]
+
+    def _conv(self, h_up: torch.Tensor, edge_sh: torch.Tensor, edge_feats: torch.Tensor, graph, ops) -> torch.Tensor:
+        """The conv of the edges of `graph`: [N, K_in, C], [e, K_sh], [e, num_basis] -> [N, K_out, C]."""
+        return ops.edge_conv(h_up, edge_sh, self.radial(edge_feats), graph, self.spec)
+
+    def _chunked_conv(self, h_up, edge_sh, edge_feats, graph, ops, size: int) -> torch.Tensor:
+        """Sum over chunks of at most `size` edges of _conv, each chunk checkpointed when gradients are on (forces).
+
+        Live across the backward per chunk: only the sub-graph's send_perm [size] and two [N+1] pointers (the
+        inputs are views of tensors the model keeps anyway); split, not slicing, so the edge gradients are
+        concatenated once instead of scattered into [E, ...] zeros per chunk. No RNG state is saved (the model
+        has none, and reading it is illegal inside a CUDA-graph capture); nothing syncs the host."""
+        grad = torch.is_grad_enabled()
+        m = None
+        for (_, _, sub), sh, feats in zip(edge_chunks(graph, size), edge_sh.split(size), edge_feats.split(size)):
+            if grad:
+                part = checkpoint(self._conv, h_up, sh, feats, sub, ops, use_reentrant=False, preserve_rng_state=False)
+            else:
+                part = self._conv(h_up, sh, feats, sub, ops)
+            m = part if m is None else m + part  # [N, K_out, C]
+        return m
 
     def extra_repr(self) -> str:
         return f"lmax_in={self.lmax_in}, lmax_sh={self.lmax_sh}, lmax_out={self.lmax_out}, paths={self.spec.num_paths}"

@@ -205,6 +205,19 @@ class Potential(nn.Module):
         self.ops = kernels.get_ops(name)
         self.backend = name
 
+    def set_edge_chunk(self, size: int | None) -> None:
+        """Run each interaction's radial MLP and conv over chunks of at most `size` edges (None: off, the default).
+
+        Trades compute for memory in inference (energy, forces, stress; also StaticStep, CUDA graphs included):
+        the radial weights [E, P, C] and their gradient, by far the largest tensors, then exist for one chunk at a
+        time, at the price of a second radial MLP + conv forward per chunk in the backward (checkpointing) and of
+        node-sized work per chunk, so use few chunks (size ~ E / k for a small k). Results are unchanged. Applies
+        in eval mode only; training with force losses (a double backward) must leave it off (train mode ignores it)."""
+        if size is not None and (isinstance(size, bool) or not isinstance(size, Integral) or size < 1):
+            raise ValueError(f"set_edge_chunk: size must be None or an integer >= 1, got {size!r}")
+        for interaction in self.interactions:
+            interaction.edge_chunk = None if size is None else int(size)
+
     def zero_readouts(self) -> None:
         """Zero the last weight of every readout, so that E_i = E0[s_i] + shift * tanh(n_i) exactly.
 
