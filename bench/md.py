@@ -236,7 +236,7 @@ def part_ase(bench):
     a = bench.args
     cases = [(name, [29], make, None) for name, make in systems(a.quick).items()] + [("3bpa1", [1, 6, 7, 8], bpa, None)]
     cases.append(("cu864", [29], systems(a.quick)["cu864"], False))  # the eager path (no static step), for contrast
-    for name, elements, make, static in cases:
+    for name, elements, make, static in [c for c in cases if wanted(a, c[0])]:
         if bench.left() < 20:
             bench.row(part="ase", system=name, skipped="budget")
             continue
@@ -252,11 +252,15 @@ def part_ase(bench):
             bench.row(part="ase", impl="tumbler-ase", system=name, error=repr(e)[:300])
 
 
-def mace_calculator(backend, path):
+def wanted(args, system: str) -> bool:
+    return not args.systems or system in args.systems.split(",")
+
+
+def mace_calculator(backend, path, device="cuda"):
     from mace.calculators import MACECalculator
 
     kw = {"enable_cueq": backend == "cueq", "enable_oeq": backend == "oeq"}
-    return MACECalculator(model_paths=path, device=str(torch.device("cuda")), default_dtype="float32", **kw)
+    return MACECalculator(model_paths=path, device=str(device), default_dtype="float32", **kw)
 
 
 def part_mace_late(bench):
@@ -277,14 +281,14 @@ def part_mace(bench, backends=None):
     cases = [(name, cu_path, make) for name, make in systems(a.quick).items()]
     cases += [("3bpa1", bpa_path, bpa), ("3bpa64", bpa_path, lambda: bpa_supermolecule(a.replicas))]
     for backend in [b for b in backends.split(",") if b]:
-        for name, path, make in cases:
+        for name, path, make in [c for c in cases if wanted(a, c[0])]:
             if bench.left() < 25:
                 bench.row(part="mace", impl=f"mace-{backend}", system=name, skipped="budget")
                 continue
             try:
                 bench.reset_peak()
                 atoms = with_velocities(make(), 300)
-                atoms.calc = mace_calculator(backend, path)
+                atoms.calc = mace_calculator(backend, path, bench.device)
                 t = time_ase(bench, atoms, a.ase_steps, 5)
                 bench.row(part="mace", impl=f"mace-{backend}", system=name, atoms=len(atoms), ms_per_step=t * 1e3,
                           atom_steps_per_s=len(atoms) / t, peak_MiB=bench.peak_mib())
@@ -411,6 +415,7 @@ def main(argv=None):
     p.add_argument("--max-sizes", default="tumbler=40,50,60,68;cueq=34,36,38,40;e3nn=14,18,20,22;oeq=34,36,38",
                    help="fcc Cu n (n^3 x 4 atoms) tried in the memory test, per implementation")
     p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new rows after this many seconds")
+    p.add_argument("--systems", default="", help="only these systems in the ase and mace parts (e.g. 3bpa1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; CPU is fine)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
     p.add_argument("--bpa", default=str(BPA_FILE), help="3BPA xyz file (its first frame is used)")

@@ -99,13 +99,17 @@ def edge_chunks(graph: Graph, size: int) -> Iterator[tuple[int, int, Graph]]:
     for lo in range(0, graph.num_edges, size):
         hi = min(lo + size, graph.num_edges)
         senders = graph.senders[lo:hi]  # [hi-lo]
-        send_perm = torch.argsort(senders, stable=True)  # [hi-lo], chunk-local edge ids ordered by sender
+        # Edges past recv_ptr[-1] are in no receiver segment of the parent (a padded graph leaves its padding
+        # edges out, see potential/static_step.py); key them num_nodes so they are in no sender segment either.
+        in_segments = torch.arange(lo, hi, device=senders.device) < graph.recv_ptr[-1]  # [hi-lo]
+        keys = torch.where(in_segments, senders, graph.num_nodes)  # [hi-lo]
+        send_perm = torch.argsort(keys, stable=True)  # [hi-lo], chunk-local edge ids ordered by sender
         sub = Graph(
             senders=senders,
             receivers=graph.receivers[lo:hi],
             num_nodes=graph.num_nodes,
             recv_ptr=graph.recv_ptr.clamp(lo, hi) - lo,  # [N+1]: edges of receiver i within [lo, hi), shifted
             send_perm=send_perm,
-            send_ptr=_ptr(senders[send_perm], graph.num_nodes),  # [N+1]
+            send_ptr=_ptr(keys[send_perm], graph.num_nodes),  # [N+1]
         )
         yield lo, hi, sub

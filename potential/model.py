@@ -39,6 +39,23 @@ BACKENDS = tuple(kernels.BACKENDS)  # "auto", "reference", "triton"
 MAX_Z = 118
 
 
+def row_times(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Row vectors times per-row matrices: x [R, 3], m [R, 3, 3] -> x_r @ m_r [R, 3]. Elementwise, not an einsum:
+    torch turns "ri,rij->rj" into R tiny batched matmuls, ~0.1 ms per call at 200k edges on an H200."""
+    return (x.unsqueeze(-1) * m).sum(dim=1)
+
+
+def edge_vectors(pos, senders, receivers, shifts, cell, structure) -> torch.Tensor:
+    """Edge vectors r_sender - r_receiver + shift @ cell [E, 3] (Å), from pos [N, 3], senders/receivers [E],
+    shifts [E, 3] (lattice-vector multiples), cell [B, 3, 3] (rows = lattice vectors), structure [N].
+
+    index_select rather than pos[index]: its backward is an index_add, while advanced indexing's backward is a
+    sort-based index_put that took 1.7 ms of a 7 ms MD step (864 Cu atoms, H200). The index_add uses atomics,
+    so forces can differ run to run in the last bits (the conv kernels themselves are bitwise deterministic)."""
+    lattice = cell.index_select(0, structure.index_select(0, receivers))  # [E, 3, 3]
+    return pos.index_select(0, senders) - pos.index_select(0, receivers) + row_times(shifts, lattice)
+
+
 @dataclass
 class ModelConfig:
     """Hyperparameters of a Potential (all that is needed to rebuild it; saved in model files).
@@ -291,12 +308,12 @@ class Potential(nn.Module):
             # symmetric homogeneous deformation x -> x (I + eps), applied to positions and lattice vectors
             strain = torch.zeros(num_structures, 3, 3, dtype=dtype, device=positions.device, requires_grad=True)
             sym = 0.5 * (strain + strain.transpose(1, 2))  # [B, 3, 3]
-            pos = positions + torch.einsum("ni,nij->nj", positions, sym[structure])
+            pos = positions + row_times(positions, sym.index_select(0, structure))
             cell_eff = cell + cell @ sym
 
         senders, receivers = batch.senders, batch.receivers  # [E]
         shifts = batch.cell_shifts.to(dtype)  # [E, 3] integer multiples of the lattice vectors
-        vec = pos[senders] - pos[receivers] + torch.einsum("ei,eij->ej", shifts, cell_eff[structure[receivers]])
+        vec = edge_vectors(pos, senders, receivers, shifts, cell_eff, structure)  # [E, 3] Å
         graph = kernels.make_graph(senders, receivers, positions.shape[0])
         node_energy = self.node_energies(species, vec, graph, self.ops)  # [N] float64
         energy = torch.zeros(num_structures, dtype=torch.float64, device=node_energy.device)

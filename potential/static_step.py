@@ -42,6 +42,10 @@ from .model import edge_vectors, row_times
 from .static_ops import grouped_contraction, triton_contraction
 
 EDGE_BUCKET = 256  # edge counts are padded to a multiple of this
+# Above 2 x EDGE_CHUNK padded edges (~35k Cu atoms at r_max 5 Å) the conv runs over chunks of EDGE_CHUNK edges
+# (Potential.set_edge_chunk): the [E, paths, channels] radial weights, the largest tensors by far, then exist for
+# one chunk at a time (~7 GB at 128 channels, l <= 1), recomputed in the backward. Smaller systems are unchanged.
+EDGE_CHUNK = 2**20
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -52,7 +56,8 @@ class StaticStep:
     """Padded, capture-safe evaluation of `model` on a fixed batch of structures (see the module docstring)."""
 
     def __init__(self, model, numbers, ptr, cell, pbc, skin: float = 1.0, stress: bool = False,
-                 cuda_graph: bool | None = None, headroom: float = 1.1, contraction: str = "auto"):
+                 cuda_graph: bool | None = None, headroom: float = 1.1, contraction: str = "auto",
+                 edge_chunk: int | None = EDGE_CHUNK):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = model.dtype
@@ -73,6 +78,7 @@ class StaticStep:
         self.pbc = pbc
         self.stress = bool(stress)
         self.headroom = float(headroom)
+        self.edge_chunk = edge_chunk  # conv over chunks of this many edges above 2 x this many (None: never)
         self.cuda_graph = (dev.type == "cuda") if cuda_graph is None else bool(cuda_graph)
         if self.cuda_graph and dev.type != "cuda":
             raise ValueError(f"StaticStep: cuda_graph=True needs a CUDA model, the model is on {dev}")
@@ -215,9 +221,12 @@ class StaticStep:
         try:
             for p in params:
                 p.requires_grad_(False)
+            chunk = self.edge_chunk
+            self.model.set_edge_chunk(chunk if chunk is not None and self.num_pad_edges > 2 * chunk else None)
             with torch.enable_grad():  # forces are gradients, also when the caller is under no_grad
                 return self._compute_grad()
         finally:
+            self.model.set_edge_chunk(None)
             for p in params:
                 p.requires_grad_(True)
 

@@ -113,14 +113,11 @@ def test_chunked_static_step_equals_unchunked(make_model, props, rng):
 
     def run(chunk):
         sizes.clear()
-        model.set_edge_chunk(chunk)
-        try:
-            step = StaticStep(model, batch.numbers, batch.ptr, batch.cell, batch.pbc, skin=0.5, stress=True,
-                              cuda_graph=False)
-            out = {k: v.clone() for k, v in step(batch.positions).items()}
-            return out, step.num_pad_edges
-        finally:
-            model.set_edge_chunk(None)
+        step = StaticStep(model, batch.numbers, batch.ptr, batch.cell, batch.pbc, skin=0.5, stress=True,
+                          cuda_graph=False, edge_chunk=chunk)
+        out = {k: v.clone() for k, v in step(batch.positions).items()}
+        assert all(i.edge_chunk is None for i in model.interactions)  # the step leaves the model as it was
+        return out, step.num_pad_edges
 
     ref, num_pad = run(None)
     chunk = 100
