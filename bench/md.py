@@ -167,16 +167,11 @@ def time_ase(bench, atoms, steps, warm):
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
-    dyn = VelocityVerlet(atoms, 1.0 * units.fs)
-    dyn.run(warm)
-    bench.sync()
-    t0 = time.perf_counter()
-    dyn.run(steps)
-    bench.sync()
-    return (time.perf_counter() - t0) / steps
+    return time_engine(bench, VelocityVerlet(atoms, 1.0 * units.fs), steps, warm)
 
 
 def time_engine(bench, dyn, steps, warm):
+    """Seconds per step of dyn.run (an ASE dynamics or our Dynamics), after `warm` untimed steps."""
     dyn.run(warm)
     bench.sync()
     t0 = time.perf_counter()
