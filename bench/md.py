@@ -344,7 +344,7 @@ def warm(part: str) -> None:
     """Compile (into Triton's cache) the kernels one op of the 128-channel model needs, with the gradients the
     static step asks for; run one process per part in parallel before the timed run (compiling is CPU work)."""
     import kernels
-    from potential.static_ops import triton_contraction
+    from kernels.fixed_species import triton_contraction
 
     dev, c, n = torch.device("cuda"), 128, 865
     e = 256 * 160

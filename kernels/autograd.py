@@ -163,7 +163,12 @@ def symmetric_contraction(node_feats, species, weights, spec):
                          f"{tuple(weights.shape)} do not fit {spec} (K_in={spec.dim_in}, W={spec.num_weights})")
     if species.shape != (n,):
         raise ValueError(f"kernels/triton symmetric_contraction: species has shape {tuple(species.shape)}, expected ({n},)")
+    return planned_contraction(node_feats, weights, spec, _sc.make_plan(species, weights.shape[0], c))
+
+
+def planned_contraction(node_feats, weights, spec, plan):
+    """The contraction with a species plan made beforehand (kernels/triton/contraction.py make_plan): no host
+    reads, so it can be captured in a CUDA graph (kernels/fixed_species.py)."""
     form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
-    plan = _sc.make_plan(species, weights.shape[0], c)
     (out,) = PolyForm.apply(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
     return out

@@ -18,10 +18,10 @@
   rebuild (not validated each call) and the symmetric contraction groups atoms by species with an ordering
   fixed at construction (the backends' ops count or check species on the host every call, which a graph cannot
   do): on CUDA with Triton, the Triton contraction with a species plan made once (contraction="auto"/"triton"),
-  else the torch one of potential/static_ops.py ("grouped"); a capture that fails with the former is retried
+  else the torch one of kernels/fixed_species.py ("grouped"); a capture that fails with the former is retried
   with the latter, and one that fails again falls back to eager with a warning.
-  Spherical harmonics and the convolution are the model's own backend ops. `_node_energy` mirrors
-  `Potential._node_energy` term by term; tests/dynamics checks both agree to float64 rounding.
+  Spherical harmonics and the convolution are the model's own backend ops; the energy is the model's own
+  `Potential.node_energies` with this step's graph and ops (tests/dynamics checks the two paths agree).
 
 Call: `out = step(positions)` with positions [N, 3] (any float dtype, Å); returns a dict of tensors owned by
 the step (overwritten by the next call; clone to keep): "energy" [B] float64 eV, "forces" [N, 3] float64 eV/Å,
@@ -36,10 +36,10 @@ import warnings
 import torch
 
 import kernels
+from kernels.fixed_species import grouped_contraction, triton_contraction
 
 from .device_neighbors import BatchNeighbors
 from .model import edge_vectors, row_times
-from .static_ops import grouped_contraction, triton_contraction
 
 EDGE_BUCKET = 256  # edge counts are padded to a multiple of this
 # Above 2 x EDGE_CHUNK padded edges (~35k Cu atoms at r_max 5 Å) the conv runs over chunks of EDGE_CHUNK edges

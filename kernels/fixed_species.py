@@ -1,23 +1,26 @@
-"""A symmetric contraction for a fixed species vector that never reads the device (CUDA-graph capturable).
+"""Symmetric contractions for a fixed species vector that never read the device (CUDA-graph capturable).
 
-`kernels.symmetric_contraction` counts the atoms of each species on the host at every call, which a captured
-graph cannot do. In MD and relaxation the species never change, so `grouped_contraction(species, S)` sorts the
-atoms by species once and returns an op with the public signature
-`(node_feats [N, K_in, C], species [N], weights [S, W, C], spec) -> [N, K_out, C]` (the species argument must
-be the vector given here). It is built only from the public coupling tables of `kernels` (spec.blocks,
-folded_coupling, sorted_index_tuples), so its numbers are those of the reference op:
+`symmetric_contraction` of every backend looks at the species on the host at each call (the reference counts
+the atoms of each species, Triton checks their range), which a captured graph cannot do. In MD and relaxation
+the species never change, so these build the species plan once and return an op with the public signature
+`(node_feats [N, K_in, C], species [N], weights [S, W, C], spec) -> [N, K_out, C]`, where the species argument
+must be the vector given here:
+- `grouped_contraction(species, S)`: PyTorch, any device; the atoms sorted by species once. It uses only the
+  coupling tables (spec.blocks, folded_coupling, sorted_index_tuples), so its numbers are the reference's:
 
     out[n, (l,m), c] = sum_{(l, nu, offset, P)} sum_{k, q, p} F[m, k, q, p] weights[s_n, offset + p, c]
                        * x[n, k, c] * prod_t x[n, tuple_q[t], c]
-with F = folded_coupling(spec, l, nu) [2l+1, K, Q_{nu-1}, P] over the sorted (nu-1)-tuples of input components.
-Per species and nu: one channel-batched matmul [C, M_tot*K, Q] x [C, Q, n], then the last input is contracted.
+  with F = folded_coupling(spec, l, nu) [2l+1, K, Q_{nu-1}, P] over the sorted (nu-1)-tuples of input
+  components. Per species and nu: one channel-batched matmul [C, M_tot*K, Q] x [C, Q, n], then the last
+  input is contracted.
+- `triton_contraction(species, S, C)`: the Triton backend's fused kernels with the plan made once.
 """
 
 from __future__ import annotations
 
 import torch
 
-import kernels
+from .coupling import folded_coupling, sorted_index_tuples
 
 _PLANS: dict = {}
 
@@ -29,7 +32,7 @@ def _plan(spec, dtype, device):
         k = spec.dim_in
         plan = []
         for nu in range(1, spec.correlation + 1):
-            tuples, _ = kernels.sorted_index_tuples(k, nu - 1)
+            tuples, _ = sorted_index_tuples(k, nu - 1)
             idx = torch.tensor(tuples, dtype=torch.int64, device=device) if nu > 1 else None
             rows = []
             for l_out, bnu, offset, count in spec.blocks:
@@ -37,7 +40,7 @@ def _plan(spec, dtype, device):
                     continue
                 f = None
                 if count:
-                    f = torch.tensor(kernels.folded_coupling(spec, l_out, nu).reshape(-1, count), dtype=dtype,
+                    f = torch.tensor(folded_coupling(spec, l_out, nu).reshape(-1, count), dtype=dtype,
                                      device=device)  # [M*K*Q, P], rows (m, k, q)
                 rows.append((l_out, offset, count, f))
             rows.sort(key=lambda r: r[0])
@@ -91,17 +94,14 @@ def grouped_contraction(species: torch.Tensor, num_species: int):
 
 
 def triton_contraction(species: torch.Tensor, num_species: int, channels: int):
-    """The Triton backend's fused contraction with its species plan (sort + offsets) made once here, so no
-    call reads the device; same signature as above. Built on kernels.autograd.PolyForm and
-    kernels.triton.contraction (make_plan, base_form); raises ImportError/AttributeError when they are absent."""
-    from kernels import autograd as kernel_autograd
-    from kernels.triton import contraction as triton_sc
+    """The Triton contraction (kernels/autograd.py) with its species plan (sort + offsets) made once here.
+    ImportError when Triton is unavailable."""
+    from . import autograd
+    from .triton import contraction as triton_sc
 
     plan = triton_sc.make_plan(species, num_species, channels)
 
     def symmetric_contraction(node_feats, species_arg, weights, spec):
-        form = triton_sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
-        (out,) = kernel_autograd.PolyForm.apply(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
-        return out
+        return autograd.planned_contraction(node_feats, weights, spec, plan)
 
     return symmetric_contraction
