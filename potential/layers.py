@@ -129,8 +129,7 @@ class Interaction(nn.Module):
         if size is not None and not self.training and graph.num_edges > size:
             m = self._chunked_conv(h_up, edge_sh, edge_feats, graph, ops, size)  # [N, K_out, C]
         else:
-            weights = self.radial(edge_feats)  # [E, P, C]
-            m = ops.edge_conv(h_up, edge_sh, weights, graph, self.spec)  # [N, K_out, C]
+            m = self._conv(h_up, edge_sh, edge_feats, graph, ops)  # [N, K_out, C]
         return self.linear(m * self.inv_avg_num_neighbors)  # [N, K_out, C]
 
     def _conv(self, h_up: torch.Tensor, edge_sh: torch.Tensor, edge_feats: torch.Tensor, graph, ops) -> torch.Tensor:
