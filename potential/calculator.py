@@ -5,7 +5,7 @@ energies, eV; they sum to energy) and stress (eV/Å^3, ASE sign and Voigt order 
 latter only for 3D-periodic cells: it is computed with every call on such cells (one extra strain gradient,
 no second model evaluation when ASE asks for it) and asking for it on any other system is an error.
 
-Two evaluation paths, the same numbers (tests/potential/test_calculator.py):
+Two evaluation paths, the same numbers (tests/potential/test_calculator_static.py):
 - eager (default on CPU): a ``data.VerletList`` (cutoff r_max, skin 1 Å by default) kept on the model's
   device, so MD steps reuse it until an atom moves more than skin/2, then the model's forward;
 - static (default on CUDA, ``static=True``): a ``potential.static_step.StaticStep`` for the current atoms
