@@ -17,14 +17,11 @@ MACECalculator with each backend it has (e3nn, cuEquivariance, OpenEquivariance)
 Writes JSON to bench/results/md-<gpu>-<utc time>.json (and $OUT/md.json when $OUT is set), after every row, so
 a run cut short keeps what it measured; prints a table last. --quick: tiny sizes, runs on CPU too (smoke test).
 
-One device call (repo root; carry .whl (ase, vesin wheels), .peers (peers.tar.xz) and a folder with the 3BPA
-frame, here .bench_data/3bpa_first.xyz; about 4 minutes after the machine starts):
-    export PYTHONUNBUFFERED=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD
-    (mkdir -p /tmp/peers && tar xJf .peers/peers.tar.xz -C /tmp/peers) &
-    timeout 90 python3 -m pytest tests/dynamics/test_gpu.py -q -p no:warnings > $OUT/gpu_tests.log 2>&1 &
-    printf 'sh\nconv0\nconv1\nsc1\nsc0\n' | timeout 90 xargs -P 5 -I{} python3 bench/md.py --warm {}; wait
-    PYTHONPATH=/tmp/peers:$PYTHONPATH python3 bench/md.py --budget-s 150 --bpa .bench_data/3bpa_first.xyz
+One device call: `bash bench/run_md_gpu.sh` (repo root; carry .whl with the ase and vesin wheels, .peers with
+peers.tar.xz, .bench_data with 3bpa_first.xyz, and .tcache from an earlier call to skip compiling).
+CPU side by side (MACE from the peer bundle with cp311 wheels of its extra needs on PYTHONPATH):
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python bench/md.py --cpu --parts ase,mace --mace-backends e3nn \
+        --mace-late-backends "" --systems 3bpa1
 """
 
 from __future__ import annotations
