@@ -17,7 +17,7 @@ import ase
 
 from .md_config import MDConfig
 from .md_runner import (MDResult, TrajectoryWriter, check_elements, format_row, init_velocities, is_3d_periodic,
-                        open_log)
+                        open_log, run_and_close)
 
 ENGINE_THERMOSTATS = {"nve": None, "langevin": "langevin", "bussi": "bussi"}
 
@@ -78,17 +78,8 @@ def run_md_engine(atoms: ase.Atoms, cfg: MDConfig, model, name: str = "structure
             bar.update(step - bar.n)
             bar.set_postfix(T=f"{row['temperature_K']:.0f}K", etot=f"{row['etot_eV']:.4f}", refresh=False)
 
-    t0 = time.perf_counter()
-    try:
-        dyn.run(cfg.steps, interval=cfg.interval, callback=log)
-    finally:
-        wall = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        if traj is not None:
-            traj.close()
-        if close_log:
-            log_file.close()
+    wall = run_and_close(lambda: dyn.run(cfg.steps, interval=cfg.interval, callback=log), bar, traj,
+                         log_file if close_log else None)
     final = dyn.get_atoms()[0]
     atoms.positions = final.positions
     atoms.set_momenta(final.get_momenta(), apply_constraint=False)

@@ -146,6 +146,20 @@ def open_log(path: str | None) -> tuple[IO[str] | None, bool]:
     return out, close
 
 
+def run_and_close(run, *outputs) -> float:
+    """Wall seconds of run(); each output (progress bar, trajectory writer, log file; None = absent) is closed
+    afterwards, also when run() raises, so no file is left half-written and open."""
+    t0 = time.perf_counter()
+    try:
+        run()
+    finally:
+        wall = time.perf_counter() - t0
+        for out in outputs:
+            if out is not None:
+                out.close()
+    return wall
+
+
 def format_row(row: dict[str, float]) -> str:
     """One CSV log line (LOG_COLUMNS order, newline included)."""
     return (f"{row['step']:d},{row['time_fs']:.3f},{row['epot_eV']:.6f},{row['ekin_eV']:.6f},{row['etot_eV']:.6f},"
@@ -276,17 +290,7 @@ def run_md(atoms: ase.Atoms, cfg: MDConfig, calculator=None, name: str = "struct
                     bar.set_postfix(T=f"{r['temperature_K']:.0f}K", etot=f"{r['etot_eV']:.4f}", refresh=False)
 
         dyn.attach(advance, interval=1)
-    t0 = time.perf_counter()
-    try:
-        dyn.run(cfg.steps)
-    finally:
-        wall = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        if traj is not None:
-            traj.close()
-        if close_log:
-            log_file.close()
+    wall = run_and_close(lambda: dyn.run(cfg.steps), bar, traj, log_file if close_log else None)
     return MDResult(atoms, logger.rows, cfg.steps, wall, 1e3 * wall / max(cfg.steps, 1))
 
 

@@ -137,7 +137,7 @@ def test_triton_contraction_with_a_fixed_plan():
     import kernels
 
     if not kernels.triton_available():
-        pytest.skip("kernels.triton unavailable")
+        pytest.skip("kernels.triton does not import (triton missing; pip install -e \".[test]\" installs it)")
     code = """
 import sys, torch
 from ase.build import molecule
