@@ -32,6 +32,14 @@ def _lmax_of(num_rows: int) -> int:
     return lmax
 
 
+def _rows_times(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [N, M, C] (any strides, e.g. one l block of [N, K, C]) times w [C, D] -> [N, M, D], as one GEMM over
+    the N*M rows. `x @ w` on a strided block that needs grad becomes N batched [M, C] x [C, D] matmuls instead:
+    ~25 us each at 864 atoms on an H200, a fifth of an MD step in all."""
+    n, m, c = x.shape
+    return (x.reshape(n * m, c) @ w).view(n, m, w.shape[1])
+
+
 class LinearPerL(nn.Module):
     """Equivariant channel mixing: out[n, (l,m), d] = sum_c x[n, (l,m), c] W_l[c, d] / sqrt(C) (+ bias_d for l = 0).
 
@@ -51,7 +59,7 @@ class LinearPerL(nn.Module):
         if lmax > self.lmax:
             raise ValueError(f"LinearPerL(lmax={self.lmax}) got features with lmax={lmax}")
         norm = 1.0 / math.sqrt(self.channels)
-        blocks = [x[:, l_slice(l), :] @ (self.weight[l] * norm) for l in range(lmax + 1)]  # each [N, 2l+1, C]
+        blocks = [_rows_times(x[:, l_slice(l), :], self.weight[l] * norm) for l in range(lmax + 1)]  # [N, 2l+1, C]
         if self.bias is not None:
             blocks[0] = blocks[0] + self.bias
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]  # [N, K, C]
@@ -79,7 +87,7 @@ class SpeciesLinear(nn.Module):
         norm = 1.0 / math.sqrt(c)
         blocks = []
         for l in range(self.lmax + 1):
-            y = x[:, l_slice(l), :] @ (self.weight[l].reshape(c, s * c) * norm)  # [N, 2l+1, S*C]
+            y = _rows_times(x[:, l_slice(l), :], self.weight[l].reshape(c, s * c) * norm)  # [N, 2l+1, S*C]
             y = y.reshape(n, 2 * l + 1, s, c)  # [N, 2l+1, S, C]
             index = species.view(n, 1, 1, 1).expand(n, 2 * l + 1, 1, c)  # [N, 2l+1, 1, C]
             blocks.append(torch.gather(y, 2, index).squeeze(2))  # [N, 2l+1, C]

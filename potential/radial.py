@@ -100,13 +100,13 @@ class RadialMLP(nn.Module):
         self.weights = nn.ParameterList(
             [nn.Parameter(torch.randn(fan_in, fan_out)) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
         )
-        self.act = NormalizedSiLU()
 
     def forward(self, edge_feats: torch.Tensor) -> torch.Tensor:
         x = edge_feats  # [E, num_basis]
-        last = len(self.weights) - 1
         for i, w in enumerate(self.weights):
-            x = x @ (w * (1.0 / math.sqrt(w.shape[0])))  # [E, fan_out]; scaling W, not x: no [E, P*C] pass
-            if i < last:
-                x = self.act(x)
+            # NormalizedSiLU's factor and 1/sqrt(fan_in) scale W, not x: no extra pass over [E, fan_out]
+            scale = (SILU_NORM if i > 0 else 1.0) / math.sqrt(w.shape[0])
+            x = x @ (w * scale)  # [E, fan_out]
+            if i < len(self.weights) - 1:
+                x = torch.nn.functional.silu(x)  # times SILU_NORM, folded into the next W
         return x.reshape(x.shape[0], self.num_paths, self.channels)  # [E, P, C]

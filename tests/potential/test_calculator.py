@@ -80,3 +80,28 @@ def test_optimizer_and_from_file(model, props, rng, tmp_path):
     opt = BFGS(cluster, maxstep=0.05, logfile=None)
     opt.run(fmax=1e-3, steps=5)
     assert cluster.get_potential_energy() < e0
+
+
+def test_check_state_agrees_with_ase(model, props, rng):
+    """The one-pass check_state reports what ASE's compare_atoms reports for positions, numbers, cell and pbc."""
+    from ase.calculators.calculator import compare_atoms
+
+    crystal = props.random_crystal(rng, 4, ELEMENTS)
+    calc = Calculator(model)
+    assert calc.check_state(crystal) == list(compare_atoms(None, crystal))  # nothing computed yet: everything
+    crystal.calc = calc
+    crystal.get_potential_energy()
+    edits = [
+        lambda a: None,
+        lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-14),
+        lambda a: a.positions.__setitem__((1, 2), a.positions[1, 2] + 1e-16),  # within ASE's 1e-15
+        lambda a: a.positions.__setitem__((2, 1), np.nan),
+        lambda a: a.set_cell(a.cell.array * 1.01),
+        lambda a: a.set_pbc([True, False, True]),
+        lambda a: a.numbers.__setitem__(0, 1 if a.numbers[0] != 1 else 6),
+    ]
+    for edit in edits:
+        changed = crystal.copy()
+        edit(changed)
+        assert sorted(calc.check_state(changed)) == sorted(compare_atoms(calc.atoms, changed)), edit
+    assert calc.check_state(crystal[:-1]) != []  # one atom fewer
