@@ -214,7 +214,8 @@ def part_engine(bench):
                           system=name, atoms=n_atoms, structures=dyn.num_structures, ms_per_step=t * 1e3,
                           atom_steps_per_s=n_atoms / t, rebuilds=dyn.rebuilds, captures=dyn.static.captures,
                           cuda_graph=dyn.static.cuda_graph, edges=dyn.static.num_edges,
-                          pad_edges=dyn.static.num_pad_edges, force_rel_err_vs_eager=err, peak_MiB=bench.peak_mib(),
+                          pad_edges=dyn.static.num_pad_edges, active_edges=dyn.static.num_active_edges,
+                          force_rel_err_vs_eager=err, peak_MiB=bench.peak_mib(),
                           host_neighbor_search=dyn.static.neighbors.host_search)
                 del dyn
             except Exception as e:

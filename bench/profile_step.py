@@ -70,7 +70,8 @@ def ase_split(atoms, model, args) -> None:
         "Calculator via atoms.get_forces": median_ms(calculate, args.timed),
         "VelocityVerlet step": median_ms(lambda: dyn.run(1), args.timed),
     }
-    print(f"ASE split, {len(atoms)} atoms, {step.num_edges} edges (padded {step.num_pad_edges}), skin {args.skin} Å, "
+    print(f"ASE split, {len(atoms)} atoms, {step.num_edges} edges (padded {step.num_pad_edges}, active bucket "
+          f"{step.num_active_edges}), skin {args.skin} Å, "
           f"contraction {step.contraction}, captures {step.captures}, rebuilds {step.rebuilds}")
     for name, ms in rows.items():
         print(f"  {name:40s} {ms:8.3f} ms")
@@ -95,7 +96,8 @@ def kernel_table(atoms, model, args) -> None:
         for _ in range(args.reps):
             step(x)
         torch.cuda.synchronize()
-    print(f"eager padded step: {len(atoms)} atoms, {step.num_edges} edges (padded {step.num_pad_edges}), "
+    print(f"eager padded step: {len(atoms)} atoms, {step.num_edges} edges (padded {step.num_pad_edges}, active "
+          f"bucket {step.num_active_edges}), "
           f"contraction {step.contraction}, {args.reps} steps profiled")
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=70))
 

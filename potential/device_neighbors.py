@@ -14,7 +14,8 @@ by global index, no self edge at zero shift, vec = x[s] - x[r] + shift @ cell[b]
   (the molecule group rebuilds together). `set_cell` (NPT, strain) marks every periodic structure stale.
   Positions are never wrapped between builds, so the stored shifts stay valid.
 `check(positions)` -> [B] bool flags (device, no sync); `update(positions, flags=None)` reads the flags once on
-the host (the one sync of a step) and rebuilds the stale structures; it returns True when the edges changed.
+the host (the one sync of a step; or takes them already read) and rebuilds the stale structures; it returns True
+when the edges changed.
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ class BatchNeighbors:
         worst = worst.scatter_reduce(0, self.structure, d2, reduce="amax", include_self=True)
         return self.stale | (worst > (0.5 * self.skin) ** 2)
 
-    def update(self, positions: torch.Tensor, flags: torch.Tensor | None = None) -> bool:
-        """Rebuild the stale structures (flags from `check`, computed here if None). True if edges changed."""
+    def update(self, positions: torch.Tensor, flags=None) -> bool:
+        """Rebuild the stale structures (flags [B] from `check`, a tensor or already read into a list; computed
+        here if None). True if edges changed."""
         if flags is None:
             flags = self.check(positions)
-        stale = flags.tolist()  # the one host sync of a step
+        stale = [bool(x) for x in (flags.tolist() if isinstance(flags, torch.Tensor) else flags)]  # a host sync
         if not any(stale):
             return False
         positions = positions.detach().to(torch.float64)

@@ -180,11 +180,10 @@ class Dynamics:
         self.stress_tensor = torch.zeros(b, 3, 3, dtype=torch.float64, device=device)
         self.nsteps = 0
         n = self.positions.shape[0]
-        self._flags = torch.ones(b, dtype=torch.bool, device=device)  # [B] stale lists, written by the pre step
         self._rnd_pos = torch.zeros(n, 3, dtype=torch.float64, device=device)  # Langevin noise of this step
         self._rnd_vel = torch.zeros(n, 3, dtype=torch.float64, device=device)
         self._evaluate()
-        state = [self.positions, self.momenta, self._flags, self._rnd_pos, self._rnd_vel]
+        state = [self.positions, self.momenta, self._rnd_pos, self._rnd_vel]
         gen = self.generator if thermostat is not None else None
         self._pre = _Graphed(self._pre_step, device, use_graphs, state, gen)
         self._post = _Graphed(self._post_step, device, use_graphs, state)
@@ -223,7 +222,7 @@ class Dynamics:
             self.first_noise = first
 
     def _evaluate(self) -> None:
-        out = self.static(self.positions, self._flags)
+        out = self.static(self.positions)  # its neighbour-list check is a graph of its own
         self.forces.copy_(out["forces"])
         self.energy.copy_(out["energy"])
         if self.stress:
@@ -231,7 +230,7 @@ class Dynamics:
 
     # ------------------------------------------------------------------ one step
     def _pre_step(self) -> None:
-        """Everything up to the new positions, then the (device) neighbour-list check."""
+        """Everything up to the new positions."""
         dt, p, x, m, f = self.dt, self.momenta, self.positions, self.masses, self.forces
         if self.thermostat == "langevin":
             noise = self._noise((2,) + tuple(x.shape))  # xi, eta as ASE draws them
@@ -257,7 +256,6 @@ class Dynamics:
                 p.mul_(self._per_atom(alpha))
             p += 0.5 * dt * f
             x += dt * p / m
-        self._flags.copy_(self.static.neighbors.check(x))
 
     def _post_step(self) -> None:
         """The second half kick with the new forces."""

@@ -12,6 +12,12 @@
 - Neighbours: `potential.device_neighbors.BatchNeighbors` (Verlet list, r_max + skin, device-side displacement
   check, vesin on CUDA tensors). A rebuild refills the edge buffers in place; only when the real edge count
   outgrows the bucket are the buffers reallocated and the graph re-captured (`captures` counts captures).
+- Active edges: of the Verlet list, only the edges shorter than r_max at the current positions contribute (the
+  skin shell adds exactly 0), and a skin of 0.5 Å at r_max 5 Å lists 1.33x as many. Each evaluation first
+  compacts them, in list order, into a second padded set (`num_active_edges`, bucketed like the list, padding
+  dummy -> dummy) and builds its segment pointers on the device, so the radial MLP, the harmonics and the conv
+  run over those only. `check(positions)` counts them along with the list's stale flags (one host read per
+  step); a count above the bucket grows it (a re-capture) before the step runs, so nothing is ever cut off.
 - On CUDA (cuda_graph=None -> True) the whole evaluation, autograd included, is captured once into a
   torch.cuda.CUDAGraph and replayed; on CPU the same padded computation runs eagerly (that is what CI tests).
 - The model's node energy is re-expressed here without host syncs: the kernels Graph is built once per
@@ -98,10 +104,12 @@ class StaticStep:
         if self.contraction == "grouped":
             self._set_ops(grouped_contraction(self.species, len(model.elements)), "grouped")
         self._update_volume()
-        self.num_pad_edges = 0
+        self.nodes = torch.arange(n + 2, device=dev)  # [N+2] segment boundaries searched for
+        self.num_pad_edges = 0  # Verlet list buffers
+        self.num_active_edges = 0  # compacted edges (shorter than r_max), what the model evaluates
         self.captures = 0
-        self._graph = None
-        self._out = None
+        self._graph = self._check_graph = None
+        self._out = self._flags = None
 
     def _set_ops(self, contraction_op, name: str) -> None:
         """Spherical harmonics and conv from the model's backend; the species-fixed contraction `name`."""
@@ -140,17 +148,14 @@ class StaticStep:
     def _load_edges(self) -> None:
         senders, receivers, shifts = self.neighbors.edges
         e, n, dev = senders.shape[0], self.num_atoms, self.device
-        if e > self.num_pad_edges:  # bucket overflow: new buffers, so the graph must be captured again
-            self.num_pad_edges = _round_up(int(math.ceil(e * self.headroom)) + 1, EDGE_BUCKET)
-            ep = self.num_pad_edges
+        if e >= self.num_pad_edges:  # bucket overflow: new buffers, so the graphs must be captured again
+            self.num_pad_edges = ep = _round_up(int(math.ceil(e * self.headroom)) + 1, EDGE_BUCKET)
             self.senders = torch.full((ep,), n, dtype=torch.int64, device=dev)
             self.receivers = torch.full((ep,), n, dtype=torch.int64, device=dev)
             self.shifts = torch.zeros(ep, 3, dtype=self.dtype, device=dev)
             self.edge_mask = torch.zeros(ep, dtype=torch.bool, device=dev)
-            self.recv_ptr = torch.zeros(n + 2, dtype=torch.int64, device=dev)
-            self.send_perm = torch.zeros(ep, dtype=torch.int64, device=dev)
-            self.send_ptr = torch.zeros(n + 2, dtype=torch.int64, device=dev)
-            self._graph = None
+            self._graph = self._check_graph = None
+        # at least one padding edge stays at the end (index num_pad_edges - 1): the compaction's fill value
         self.senders[:e] = senders
         self.senders[e:] = n
         self.receivers[:e] = receivers
@@ -159,22 +164,37 @@ class StaticStep:
         self.shifts[e:] = 0
         self.edge_mask[:e] = True
         self.edge_mask[e:] = False
-        nodes = torch.arange(n + 2, device=dev)
-        self.recv_ptr.copy_(torch.searchsorted(self.receivers, nodes))
-        self.send_perm.copy_(torch.argsort(self.senders, stable=True))
-        self.send_ptr.copy_(torch.searchsorted(self.senders[self.send_perm], nodes))
-        # The dummy atom's segments are left empty: the padding edges add exactly 0, and one GPU program walking
-        # all of them (tens of thousands, serially) was most of the conv time (6 of 7 ms at 4000 Cu atoms).
-        # Per-edge ops still see every padding edge; only the segment sums over receivers/senders skip them.
-        self.recv_ptr[n + 1] = self.recv_ptr[n]
-        self.send_ptr[n + 1] = self.send_ptr[n]
+
+    def _inside(self, positions: torch.Tensor) -> torch.Tensor:
+        """[E_pad] bool: listed edges shorter than r_max at positions [N+1, 3] (model dtype, no grad)."""
+        vec = edge_vectors(positions, self.senders, self.receivers, self.shifts, self.cell, self.structure)
+        return (vec.square().sum(dim=1) < self.model.r_max**2) & self.edge_mask
+
+    def check(self, positions: torch.Tensor) -> torch.Tensor:
+        """[B+1] int64, device only (capturable): per structure 1 if its neighbour list is stale, then the number
+        of listed edges shorter than r_max at positions [N, 3] (Å), i.e. the active edges a step would need."""
+        stale = self.neighbors.check(positions).to(torch.int64)  # [B]
+        if self.neighbors.edges is None:
+            return torch.cat([stale, stale.new_zeros(1)])
+        pos = torch.cat([positions.detach().to(self.dtype), self.positions[self.num_atoms:]])  # [N+1, 3]
+        return torch.cat([stale, self._inside(pos).sum().view(1)])
+
+    def _grow_active(self, inside: int) -> None:
+        """A bucket of active edges that holds `inside` (+ headroom) and at least one padding edge."""
+        if inside >= self.num_active_edges:
+            self.num_active_edges = _round_up(int(math.ceil(inside * self.headroom)) + 1, EDGE_BUCKET)
+            self._graph = None
 
     # ------------------------------------------------------------------ evaluation
-    def __call__(self, positions: torch.Tensor, flags: torch.Tensor | None = None) -> dict:
-        """Energies, forces (and stress) at positions [N, 3] Å. `flags`: precomputed neighbours.check()."""
-        if self.neighbors.update(positions, flags) or self.neighbors.edges is None:
-            self._load_edges()
+    def __call__(self, positions: torch.Tensor) -> dict:
+        """Energies, forces (and stress) at positions [N, 3] Å."""
         self.positions[: self.num_atoms].copy_(positions.detach())
+        values = self._checked().tolist()  # the one host sync of a step
+        stale, inside = values[: self.num_structures], values[-1]
+        if self.neighbors.update(positions, stale) or self.neighbors.edges is None:
+            self._load_edges()
+            inside = int(self._inside(self.positions).sum())  # the new list's count (a rebuild: rare)
+        self._grow_active(inside)
         if not self.cuda_graph:
             return self._compute()
         if self._graph is None:
@@ -184,18 +204,28 @@ class StaticStep:
         self._graph.replay()
         return self._out
 
+    def _checked(self) -> torch.Tensor:
+        """check() of the positions buffer: replayed as its own CUDA graph (a dozen small kernels whose launches
+        would otherwise cost an ASE step ~0.1 ms of host time), eager before the first list or without graphs."""
+        if not self.cuda_graph or self.neighbors.edges is None:
+            return self.check(self.positions[: self.num_atoms])
+        if self._check_graph is None:
+            try:
+                self._check_graph, self._flags = _captured(lambda: self.check(self.positions[: self.num_atoms]),
+                                                           self.device)
+            except RuntimeError as exc:
+                torch.cuda.synchronize(self.device)
+                warnings.warn(f"StaticStep: CUDA graph capture of the check failed ({exc}); running the padded "
+                              "step eagerly", RuntimeWarning, stacklevel=3)
+                self.cuda_graph = False
+                return self.check(self.positions[: self.num_atoms])
+        self._check_graph.replay()
+        return self._flags
+
     def _capture(self) -> None:
-        stream = torch.cuda.Stream(device=self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # warm-up outside the graph (allocator, lazy init, autotuning)
-            for _ in range(2):
-                self._compute()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
         self._graph = None
         try:
-            with torch.cuda.graph(graph):
-                out = self._compute()
+            graph, out = _captured(self._compute, self.device)
         except RuntimeError as exc:  # an op that syncs the host cannot be captured
             torch.cuda.synchronize(self.device)
             if self.contraction != "grouped":  # retry with the torch contraction before giving up on graphs
@@ -222,7 +252,7 @@ class StaticStep:
             for p in params:
                 p.requires_grad_(False)
             chunk = self.edge_chunk
-            self.model.set_edge_chunk(chunk if chunk is not None and self.num_pad_edges > 2 * chunk else None)
+            self.model.set_edge_chunk(chunk if chunk is not None and self.num_active_edges > 2 * chunk else None)
             with torch.enable_grad():  # forces are gradients, also when the caller is under no_grad
                 return self._compute_grad()
         finally:
@@ -242,10 +272,13 @@ class StaticStep:
             pos = positions + row_times(positions, sym.index_select(0, structure))
             cell = cell + cell @ sym
             inputs.append(strain)
-        snd, rcv = self.senders, self.receivers  # [E_pad]
-        vec = edge_vectors(pos, snd, rcv, self.shifts, cell, structure)  # [E_pad, 3] Å
-        vec = torch.where(self.edge_mask[:, None], vec, self.far)  # padding edges: length 2 r_max + 1
-        graph = kernels.Graph(snd, rcv, n + 1, self.recv_ptr, self.send_perm, self.send_ptr)
+        # active edges: the listed ones shorter than r_max, in list order (receiver-sorted), then padding
+        active = torch.nonzero_static(self._inside(self.positions), size=self.num_active_edges,
+                                      fill_value=self.num_pad_edges - 1).squeeze(1)  # [A] into the list
+        snd, rcv = self.senders.index_select(0, active), self.receivers.index_select(0, active)  # [A]
+        vec = edge_vectors(pos, snd, rcv, self.shifts.index_select(0, active), cell, structure)  # [A, 3] Å
+        vec = torch.where(self.edge_mask.index_select(0, active)[:, None], vec, self.far)  # padding: 2 r_max + 1
+        graph = self._graph_of(snd, rcv)
         node_energy = self._node_energy(vec, graph)  # [N+1] float64
         energy = torch.zeros(b + 1, dtype=torch.float64, device=self.device).index_add(0, structure, node_energy)
         grads = torch.autograd.grad(energy.sum(), inputs)
@@ -256,7 +289,34 @@ class StaticStep:
             out["stress"] = virial * self.inv_volume[:, None, None]
         return out
 
+    def _graph_of(self, senders: torch.Tensor, receivers: torch.Tensor):
+        """kernels.Graph of the receiver-sorted active edges, built on the device. The dummy atom's segments are
+        left empty: its padding edges add exactly 0, and one GPU program walking all of them (tens of thousands,
+        serially) was most of the conv time (6 of 7 ms at 4000 Cu atoms); per-edge ops still see them."""
+        n = self.num_atoms
+        send_perm = torch.argsort(senders, stable=True)  # [A]
+        recv_ptr = torch.searchsorted(receivers, self.nodes)  # [N+2]
+        send_ptr = torch.searchsorted(senders.index_select(0, send_perm), self.nodes)
+        recv_ptr = torch.cat([recv_ptr[: n + 1], recv_ptr[n : n + 1]])  # dummy segment emptied
+        send_ptr = torch.cat([send_ptr[: n + 1], send_ptr[n : n + 1]])
+        return kernels.Graph(senders, receivers, n + 1, recv_ptr, send_perm, send_ptr)
+
     def _node_energy(self, vec: torch.Tensor, graph) -> torch.Tensor:
         """Per-atom energies [N+1] float64: the model's own energy model (Potential.node_energies), with this
         step's padded graph and capture-safe ops, so the two can never drift apart."""
         return self.model.node_energies(self.species, vec, graph, self.ops)
+
+
+def _captured(fn, device):
+    """(CUDAGraph, outputs) of fn() captured on `device`, after two warm-up calls on a side stream (allocator,
+    lazy initialisation, autotuning happen outside the graph). RuntimeError if fn cannot be captured."""
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out

@@ -89,6 +89,24 @@ def test_verlet_reuse_rebuild_and_bucket_overflow(model):
     assert step.num_edges > pad_before and step.num_pad_edges > step.num_edges
 
 
+def test_active_edges_skip_the_skin_and_grow_without_a_rebuild(model):
+    """Only edges shorter than r_max are evaluated; when more come inside than the active bucket holds (atoms
+    moving less than skin/2: no rebuild), the bucket grows before the step runs and results stay exact."""
+    from ase import Atoms
+
+    spacing = model.r_max + 0.15  # Å: every grid neighbour is in the list (skin 2 Å) but none within r_max
+    grid = np.stack(np.meshgrid(*[np.arange(5.0)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)  # [125, 3]
+    cluster = Atoms("C125", positions=grid * spacing)
+    step, positions = static_for(model, [cluster], skin=2.0, headroom=1.0)
+    assert_same(step(positions), eager(model, [cluster]), stress=False)
+    assert step.num_edges >= 600 and step.num_active_edges < 600  # 300 grid bonds listed, none active
+    shrunk = cluster.copy()
+    shrunk.positions = (grid - 2.0) * (model.r_max - 0.05) + 2.0 * spacing  # moves <= 0.7 Å < skin/2
+    out = step(torch.tensor(shrunk.positions))
+    assert step.rebuilds == 1 and step.num_active_edges >= 600
+    assert_same(out, eager(model, [shrunk]), stress=False)
+
+
 def test_cell_change_is_seen(model):
     """NPT-like strain of a triclinic cell without moving atoms beyond the skin: set_cell forces a rebuild."""
     atoms_list = structures()[:2]
