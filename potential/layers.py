@@ -88,6 +88,9 @@ class SpeciesLinear(nn.Module):
         blocks = []
         for l in range(self.lmax + 1):
             y = _rows_times(x[:, l_slice(l), :], self.weight[l].reshape(c, s * c) * norm)  # [N, 2l+1, S*C]
+            if s == 1:  # one element: nothing to select
+                blocks.append(y)
+                continue
             y = y.reshape(n, 2 * l + 1, s, c)  # [N, 2l+1, S, C]
             index = species.view(n, 1, 1, 1).expand(n, 2 * l + 1, 1, c)  # [N, 2l+1, 1, C]
             blocks.append(torch.gather(y, 2, index).squeeze(2))  # [N, 2l+1, C]

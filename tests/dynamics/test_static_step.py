@@ -105,6 +105,11 @@ def test_active_edges_skip_the_skin_and_grow_without_a_rebuild(model):
     out = step(torch.tensor(shrunk.positions))
     assert step.rebuilds == 1 and step.num_active_edges >= 600
     assert_same(out, eager(model, [shrunk]), stress=False)
+    # the active edges' sender order, derived from the list's, is the stable sort of their senders
+    inside = step._inside(step.positions)
+    active = torch.nonzero_static(inside, size=step.num_active_edges, fill_value=step.num_pad_edges - 1).squeeze(1)
+    expected = torch.argsort(step.senders[active], stable=True)
+    assert torch.equal(step._active_send_perm(inside), expected)
 
 
 def test_cell_change_is_seen(model):
@@ -156,6 +161,9 @@ def test_triton_contraction_with_a_fixed_plan():
 
     if not kernels.triton_available():
         pytest.skip("kernels.triton does not import (triton missing; pip install -e \".[test]\" installs it)")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine tests the compiled kernel in the captured step instead "
+                    "(tests/dynamics/test_gpu.py::test_graph_replay_equals_cpu_eager); the interpreter is CI's path")
     code = """
 import sys, torch
 from ase.build import molecule

@@ -67,10 +67,13 @@ def test_cuda_calculator(make_model, props, rng):
     ref = crystal.copy()
     ref.calc = Calculator(model)
     crystal.calc = Calculator(make_model(seed=15, backend="auto"), device="cuda")  # same weights (seed)
-    for _ in range(3):
-        crystal.positions += 0.05
-        ref.positions += 0.05
+    # small moves (the captured step replays on the kept list), then one beyond skin/2: the step speculatively
+    # replayed on the stale list is discarded, the list rebuilt, the step run again
+    for k in range(4):
+        shift = 0.05 if k < 3 else 0.6
+        crystal.positions[0] += shift
+        ref.positions[0] += shift
         assert abs(crystal.get_potential_energy() - ref.get_potential_energy()) < 1e-9
         assert np.abs(crystal.get_forces() - ref.get_forces()).max() < 1e-9
         assert np.abs(crystal.get_stress() - ref.get_stress()).max() < 1e-9
-    assert crystal.calc.neighbors.rebuilds == 1
+    assert crystal.calc.static and crystal.calc.step.captures == 1 and crystal.calc.rebuilds == 2
