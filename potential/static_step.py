@@ -154,7 +154,9 @@ class StaticStep:
             self.receivers = torch.full((ep,), n, dtype=torch.int64, device=dev)
             self.shifts = torch.zeros(ep, 3, dtype=self.dtype, device=dev)
             self.edge_mask = torch.zeros(ep, dtype=torch.bool, device=dev)
+            self.list_send_perm = torch.zeros(ep, dtype=torch.int64, device=dev)
             self._graph = self._check_graph = None
+        # every buffer is written in place: the captured graphs keep reading these same tensors
         # at least one padding edge stays at the end (index num_pad_edges - 1): the compaction's fill value
         self.senders[:e] = senders
         self.senders[e:] = n
@@ -164,7 +166,7 @@ class StaticStep:
         self.shifts[e:] = 0
         self.edge_mask[:e] = True
         self.edge_mask[e:] = False
-        self.list_send_perm = torch.argsort(self.senders, stable=True)  # [E_pad], padding (dummy) last
+        self.list_send_perm.copy_(torch.argsort(self.senders, stable=True))  # [E_pad], padding (dummy) last
 
     def _inside(self, positions: torch.Tensor) -> torch.Tensor:
         """[E_pad] bool: listed edges shorter than r_max at positions [N+1, 3] (model dtype, no grad)."""
@@ -302,9 +304,11 @@ class StaticStep:
         a compaction (two prefix sums and a scatter) instead of a sort per step. Positions past the active count
         hold the padding edges, in order (their sender, the dummy atom, is the largest)."""
         a = self.num_active_edges
-        active_index = torch.cumsum(inside, 0) - 1  # [E_pad] position of each active edge among the active
+        # the clamps only matter in a speculative replay with more active edges than slots (then discarded):
+        # indices stay in bounds
+        active_index = (torch.cumsum(inside, 0) - 1).clamp_(max=a - 1)  # [E_pad] place among the active
         in_send_order = inside.index_select(0, self.list_send_perm)  # [E_pad]
-        slot = torch.where(in_send_order, torch.cumsum(in_send_order, 0) - 1, a)  # inactive -> dump slot a
+        slot = torch.where(in_send_order, torch.cumsum(in_send_order, 0) - 1, a).clamp_(max=a)  # dump slot a
         perm = torch.arange(a + 1, device=self.device)  # identity: right for the padding tail
         perm.scatter_(0, slot, active_index.index_select(0, self.list_send_perm))
         return perm[:a]
