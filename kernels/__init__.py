@@ -5,7 +5,6 @@ natural parity. Ops:
   spherical_harmonics(vectors [E,3], lmax) -> [E, (lmax+1)**2]
   edge_conv(node_feats [N,K_in,C], edge_sh [E,K_sh], edge_weights [E,P,C], graph, ConvSpec) -> [N,K_out,C]
   symmetric_contraction(node_feats [N,K_in,C], species [N], weights [S,W,C], ContractionSpec) -> [N,K_out,C]
-  silu_mlp(x [E,K_0], weights [[K_l, K_l+1] ...]) -> [E,K_L]   (the radial MLP's hidden stack)
 The module-level ops are the "auto" backend (Triton on CUDA tensors when available, else the PyTorch
 reference); get_ops(name) picks one explicitly. Coupling conventions: kernels/cg.py, kernels/coupling.py.
 """
@@ -35,10 +34,9 @@ from .registry import AUTO, BACKENDS, Ops, get_ops, triton_available
 spherical_harmonics = AUTO.spherical_harmonics
 edge_conv = AUTO.edge_conv
 symmetric_contraction = AUTO.symmetric_contraction
-silu_mlp = AUTO.silu_mlp
 
 __all__ = [
-    "spherical_harmonics", "edge_conv", "symmetric_contraction", "silu_mlp",
+    "spherical_harmonics", "edge_conv", "symmetric_contraction",
     "ConvSpec", "ContractionSpec", "Graph", "make_graph", "get_ops", "Ops", "BACKENDS", "triton_available",
     "wigner_3j", "wigner_D", "block_wigner_D", "conv_coupling", "conv_path_table",
     "coupling_basis", "contraction_coupling", "contraction_path_table", "folded_coupling", "sorted_index_tuples",

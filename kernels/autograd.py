@@ -13,11 +13,6 @@ Symmetric contraction. Same idea for a polynomial: `PolyForm` evaluates a sparse
 term list (poly.py); its derivative with respect to any input is another term list obtained by
 symbolic differentiation, evaluated by a generated kernel, so all orders are closed too.
 
-SiLU MLP. Forward on one fused kernel (mlp.py). Its input pullback without weight gradients and without
-create_graph (forces of a frozen model: MD, relaxation) is a second fused kernel; any other pullback
-(training: weight gradients, or force training's create_graph) is torch autograd over the reference op
-recomputed from the saved inputs, exact and differentiable to every order.
-
 Spherical harmonics. Forward, first derivative and the second derivative (the pullback of the
 first-derivative op, as force training needs it) are fused kernels (sh.py, sh2.py); third order
 (a pullback taken with create_graph) goes through torch autograd over `sh_torch`, the same
@@ -27,10 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from . import reference as _reference
 from .triton import contraction as _sc
 from .triton import conv as _conv
-from .triton import mlp as _mlp
 from .triton import sh as _sh
 from .triton import sh2 as _sh2
 
@@ -179,30 +172,3 @@ def planned_contraction(node_feats, weights, spec, plan):
     form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
     (out,) = PolyForm.apply(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
     return out
-
-
-class SiluMLP(torch.autograd.Function):
-    """h = silu(... silu(x W_0) ... W_{L-1}) on the fused kernel; pullbacks as in the module docstring."""
-
-    @staticmethod
-    def forward(ctx, x, *weights):
-        ctx.save_for_backward(x, *weights)
-        return _mlp.mlp_forward(x, weights)
-
-    @staticmethod
-    def backward(ctx, grad_h):
-        x, *weights = ctx.saved_tensors
-        if not any(ctx.needs_input_grad[1:]) and not torch.is_grad_enabled():
-            return (_mlp.mlp_input_pullback(x, weights, grad_h),) + (None,) * len(weights)
-        with torch.enable_grad():  # the saved tensors keep their graphs: differentiable in all inputs
-            inputs = [t if t.requires_grad else t.detach().requires_grad_(True) for t in (x, *weights)]
-            h = _reference.silu_mlp(inputs[0], inputs[1:])
-            return torch.autograd.grad(h, inputs, grad_h, create_graph=torch.is_grad_enabled())
-
-
-def silu_mlp(x, weights):
-    """Autograd-enabled SiLU MLP: x [E, K_0], weights [K_l, K_{l+1}] -> [E, K_L] (kernels.reference)."""
-    weights = [w.to(x.dtype) for w in weights]
-    _reference.check_silu_mlp(x, weights)
-    return SiluMLP.apply(x, *weights) if weights else x
-

@@ -257,27 +257,3 @@ def symmetric_contraction(node_feats: torch.Tensor, species: torch.Tensor, weigh
 
 
 __all__ = ["spherical_harmonics", "edge_conv", "symmetric_contraction"]
-
-
-# ----------------------------------------------------------------------------------------------------
-# SiLU MLP (the hidden stack of the radial MLP)
-
-
-def check_silu_mlp(x: torch.Tensor, weights) -> None:
-    """ValueError unless x is [E, K_0] and weights chain [K_0, K_1], [K_1, K_2], ..."""
-    if x.dim() != 2:
-        raise ValueError(f"silu_mlp: x must be [E, K_0], got shape {tuple(x.shape)}")
-    width = x.shape[1]
-    for l, w in enumerate(weights):
-        if w.dim() != 2 or w.shape[0] != width:
-            raise ValueError(f"silu_mlp: weight {l} has shape {tuple(w.shape)}, expected [{width}, K]")
-        width = w.shape[1]
-
-
-def silu_mlp(x: torch.Tensor, weights) -> torch.Tensor:
-    """x [E, K_0] -> silu(... silu(silu(x @ W_0) @ W_1) ... @ W_{L-1}) [E, K_L]; weights [K_l, K_{l+1}]."""
-    check_silu_mlp(x, weights)
-    for w in weights:
-        x = torch.nn.functional.silu(x @ w)
-    return x
-

@@ -1,4 +1,4 @@
-"""Backend registry: get_ops("auto" | "reference" | "triton") -> Ops with the four ops.
+"""Backend registry: get_ops("auto" | "reference" | "triton") -> Ops with the three ops.
 
   "reference"  pure PyTorch (kernels/reference.py), any device and dtype.
   "triton"     kernels/triton (fused kernels). Unavailable -> RuntimeError at get_ops. Each call needs
@@ -20,21 +20,19 @@ import torch
 from . import reference
 
 BACKENDS = ("auto", "reference", "triton")
-OP_NAMES = ("spherical_harmonics", "edge_conv", "symmetric_contraction", "silu_mlp")
+OP_NAMES = ("spherical_harmonics", "edge_conv", "symmetric_contraction")
 
 
 class Ops(NamedTuple):
-    """The four ops of one backend; signatures as in kernels/reference.py."""
+    """The three ops of one backend; signatures as in kernels/reference.py."""
 
     name: str
     spherical_harmonics: Callable
     edge_conv: Callable
     symmetric_contraction: Callable
-    silu_mlp: Callable
 
 
-REFERENCE = Ops("reference", reference.spherical_harmonics, reference.edge_conv, reference.symmetric_contraction,
-                reference.silu_mlp)
+REFERENCE = Ops("reference", reference.spherical_harmonics, reference.edge_conv, reference.symmetric_contraction)
 
 _triton_state: dict = {}  # "module" -> kernels.triton, or "error" -> why it is unavailable
 _warned: set = set()
@@ -55,7 +53,7 @@ def _load_triton():
 
 
 def triton_available() -> bool:
-    """Whether kernels.triton imports and defines the four ops."""
+    """Whether kernels.triton imports and defines the three ops."""
     return _load_triton() is not None
 
 
@@ -102,10 +100,7 @@ def _make_ops(name: str, pick: Callable) -> Ops:
     def symmetric_contraction(node_feats, species, weights, spec):
         return pick("symmetric_contraction", node_feats)(node_feats, species, weights, spec)
 
-    def silu_mlp(x, weights):
-        return pick("silu_mlp", x)(x, weights)
-
-    fns = (spherical_harmonics, edge_conv, symmetric_contraction, silu_mlp)
+    fns = (spherical_harmonics, edge_conv, symmetric_contraction)
     for fn in fns:
         fn.__doc__ = f"[backend {name!r}] " + (getattr(reference, fn.__name__).__doc__ or "")
     return Ops(name, *fns)

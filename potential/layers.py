@@ -145,7 +145,7 @@ class Interaction(nn.Module):
 
     def _conv(self, h_up: torch.Tensor, edge_sh: torch.Tensor, edge_feats: torch.Tensor, graph, ops) -> torch.Tensor:
         """The conv of the edges of `graph`: [N, K_in, C], [e, K_sh], [e, num_basis] -> [N, K_out, C]."""
-        return ops.edge_conv(h_up, edge_sh, self.radial(edge_feats, ops), graph, self.spec)
+        return ops.edge_conv(h_up, edge_sh, self.radial(edge_feats), graph, self.spec)
 
     def _chunked_conv(self, h_up, edge_sh, edge_feats, graph, ops, size: int) -> torch.Tensor:
         """Sum over chunks of at most `size` edges of _conv, each chunk checkpointed when gradients are on (forces).

@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import kernels
-
 
 def _silu_second_moment_norm() -> float:
     """1 / sqrt(E[silu(z)^2]) for z ~ N(0, 1) (Gauss-Hermite, 80 nodes): keeps activations O(1) (e3nn's choice)."""
@@ -103,12 +101,12 @@ class RadialMLP(nn.Module):
             [nn.Parameter(torch.randn(fan_in, fan_out)) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
         )
 
-    def forward(self, edge_feats: torch.Tensor, ops=None) -> torch.Tensor:
-        """edge_feats [E, num_basis] -> [E, P, C]; `ops` (kernels.Ops, reference if None) runs the hidden
-        stack (kernels' silu_mlp: one fused kernel on the Triton backend), the last layer is one GEMM."""
-        ops = ops if ops is not None else kernels.get_ops("reference")
-        # NormalizedSiLU's factor and 1/sqrt(fan_in) scale W, not x: no extra pass over [E, fan_out]
-        scaled = [w * ((SILU_NORM if i > 0 else 1.0) / math.sqrt(w.shape[0])) for i, w in enumerate(self.weights)]
-        hidden = ops.silu_mlp(edge_feats, scaled[:-1])  # [E, hidden[-1]], silu after every hidden layer
-        out = hidden @ scaled[-1]  # [E, P*C]
-        return out.reshape(out.shape[0], self.num_paths, self.channels)  # [E, P, C]
+    def forward(self, edge_feats: torch.Tensor) -> torch.Tensor:
+        x = edge_feats  # [E, num_basis]
+        for i, w in enumerate(self.weights):
+            # NormalizedSiLU's factor and 1/sqrt(fan_in) scale W, not x: no extra pass over [E, fan_out]
+            scale = (SILU_NORM if i > 0 else 1.0) / math.sqrt(w.shape[0])
+            x = x @ (w * scale)  # [E, fan_out]
+            if i < len(self.weights) - 1:
+                x = torch.nn.functional.silu(x)  # times SILU_NORM, folded into the next W
+        return x.reshape(x.shape[0], self.num_paths, self.channels)  # [E, P, C]

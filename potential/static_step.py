@@ -112,9 +112,9 @@ class StaticStep:
         self._out = self._flags = None
 
     def _set_ops(self, contraction_op, name: str) -> None:
-        """The model's backend ops, but for the species-fixed contraction `name`."""
+        """Spherical harmonics and conv from the model's backend; the species-fixed contraction `name`."""
         ops = self.model.ops
-        self.ops = kernels.Ops("static", ops.spherical_harmonics, ops.edge_conv, contraction_op, ops.silu_mlp)
+        self.ops = kernels.Ops("static", ops.spherical_harmonics, ops.edge_conv, contraction_op)
         self.contraction = name
 
     # ------------------------------------------------------------------ state

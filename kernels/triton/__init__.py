@@ -1,4 +1,4 @@
-"""Triton backend of kernels: spherical_harmonics, edge_conv, symmetric_contraction, silu_mlp (autograd-enabled).
+"""Triton backend of kernels: spherical_harmonics, edge_conv, symmetric_contraction (autograd-enabled).
 
 Same signatures and numbers as kernels/reference.py. Kernel sources are generated from the sparse
 coupling tables (sh.py, conv_codegen.py, poly.py) and compiled once per spec; kernels/autograd.py closes
@@ -24,9 +24,4 @@ def symmetric_contraction(node_feats, species, weights, spec):
     return _autograd.symmetric_contraction(node_feats, species, weights, spec)
 
 
-def silu_mlp(x, weights):
-    """[E, K_0], [K_l, K_{l+1}] matrices -> [E, K_L]: the fused hidden stack of the radial MLP (reference)."""
-    return _autograd.silu_mlp(x, weights)
-
-
-__all__ = ["spherical_harmonics", "edge_conv", "symmetric_contraction", "silu_mlp"]
+__all__ = ["spherical_harmonics", "edge_conv", "symmetric_contraction"]

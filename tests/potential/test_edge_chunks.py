@@ -60,7 +60,7 @@ def counting(ops, sizes: list):
         sizes.append(graph.num_edges)
         return ops.edge_conv(node_feats, edge_sh, edge_weights, graph, spec)
 
-    return kernels.Ops("counting", ops.spherical_harmonics, edge_conv, ops.symmetric_contraction, ops.silu_mlp)
+    return kernels.Ops("counting", ops.spherical_harmonics, edge_conv, ops.symmetric_contraction)
 
 
 def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
