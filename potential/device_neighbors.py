@@ -85,12 +85,17 @@ class BatchNeighbors:
         self.cell.copy_(cell.detach().to(torch.float64))
         self.stale |= self.pbc.any(dim=1)
 
-    def check(self, positions: torch.Tensor) -> torch.Tensor:
-        """[B] bool: structures whose list no longer covers the cutoff (device computation, no sync)."""
+    def displacement2(self, positions: torch.Tensor) -> torch.Tensor:
+        """[B] Å^2: per structure, the largest squared displacement of an atom since its list was built."""
         d2 = (positions.detach().to(torch.float64) - self.ref_positions).square().sum(dim=1)  # [N] Å^2
         worst = torch.zeros(self.num_structures, dtype=torch.float64, device=self.device)
-        worst = worst.scatter_reduce(0, self.structure, d2, reduce="amax", include_self=True)
-        return self.stale | (worst > (0.5 * self.skin) ** 2)
+        return worst.scatter_reduce(0, self.structure, d2, reduce="amax", include_self=True)
+
+    def check(self, positions: torch.Tensor, displacement2: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] bool: structures whose list no longer covers the cutoff (device computation, no sync)."""
+        if displacement2 is None:
+            displacement2 = self.displacement2(positions)
+        return self.stale | (displacement2 > (0.5 * self.skin) ** 2)
 
     def update(self, positions: torch.Tensor, flags=None) -> bool:
         """Rebuild the stale structures (flags [B] from `check`, a tensor or already read into a list; computed

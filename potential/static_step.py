@@ -18,6 +18,9 @@
   dummy -> dummy) and builds its segment pointers on the device, so the radial MLP, the harmonics and the conv
   run over those only. `check(positions)` counts them along with the list's stale flags (one host read per
   step); a count above the bucket grows it (a re-capture) before the step runs, so nothing is ever cut off.
+- Speculation: on CUDA the captured step is replayed right after its check, before the host reads the
+  flags; a stale list or a full bucket discards that result and runs the step again. Near a rebuild (see
+  SPECULATION_MARGIN) the host reads the flags first.
 - On CUDA (cuda_graph=None -> True) the whole evaluation, autograd included, is captured once into a
   torch.cuda.CUDAGraph and replayed; on CPU the same padded computation runs eagerly (that is what CI tests).
 - The model's node energy is re-expressed here without host syncs: the kernels Graph is built once per
@@ -52,6 +55,9 @@ EDGE_BUCKET = 256  # edge counts are padded to a multiple of this
 # (Potential.set_edge_chunk): the [E, paths, channels] radial weights, the largest tensors by far, then exist for
 # one chunk at a time (~7 GB at 128 channels, l <= 1), recomputed in the backward. Smaller systems are unchanged.
 EDGE_CHUNK = 2**20
+# A step is replayed before its list check is read (speculatively) unless, at the last step, an atom had moved
+# more than this fraction of skin/2: a rebuild is then near, and a replay on a stale list would be wasted.
+SPECULATION_MARGIN = 0.8
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -110,6 +116,7 @@ class StaticStep:
         self.captures = 0
         self._graph = self._check_graph = None
         self._out = self._flags = None
+        self._speculate = True
 
     def _set_ops(self, contraction_op, name: str) -> None:
         """Spherical harmonics and conv from the model's backend; the species-fixed contraction `name`."""
@@ -174,13 +181,18 @@ class StaticStep:
         return (vec.square().sum(dim=1) < self.model.r_max**2) & self.edge_mask
 
     def check(self, positions: torch.Tensor) -> torch.Tensor:
-        """[B+1] int64, device only (capturable): per structure 1 if its neighbour list is stale, then the number
-        of listed edges shorter than r_max at positions [N, 3] (Å), i.e. the active edges a step would need."""
-        stale = self.neighbors.check(positions).to(torch.int64)  # [B]
+        """[B+2] int64, device only (capturable), at positions [N, 3] (Å): per structure 1 if its neighbour list
+        is stale; 1 if some atom has moved more than SPECULATION_MARGIN of the allowed displacement (the next
+        step may need a rebuild); the number of listed edges shorter than r_max (the active edges a step needs)."""
+        displacement2 = self.neighbors.displacement2(positions)  # [B] Å^2
+        stale = self.neighbors.check(positions, displacement2).to(torch.int64)  # [B]
+        near = (displacement2 > (SPECULATION_MARGIN * 0.5 * self.neighbors.skin) ** 2).any().to(torch.int64)
         if self.neighbors.edges is None:
-            return torch.cat([stale, stale.new_zeros(1)])
-        pos = torch.cat([positions.detach().to(self.dtype), self.positions[self.num_atoms:]])  # [N+1, 3]
-        return torch.cat([stale, self._inside(pos).sum().view(1)])
+            inside = stale.new_zeros(())
+        else:
+            pos = torch.cat([positions.detach().to(self.dtype), self.positions[self.num_atoms:]])  # [N+1, 3]
+            inside = self._inside(pos).sum()
+        return torch.cat([stale, near.view(1), inside.view(1)])
 
     def _grow_active(self, inside: int) -> None:
         """A bucket of active edges that holds `inside` (+ headroom) and at least one padding edge."""
@@ -193,14 +205,21 @@ class StaticStep:
         """Energies, forces (and stress) at positions [N, 3] Å."""
         self.positions[: self.num_atoms].copy_(positions.detach())
         flags = self._checked()
-        if self._graph is not None:  # speculate that the list holds: the GPU never waits for the host's read
+        # speculate that the list holds (the GPU then never waits for the host's read of the flags), unless the
+        # last step came near a rebuild: a discarded speculative step costs a whole step
+        speculate = self._graph is not None and self._speculate
+        if speculate:
             self._graph.replay()
         values = flags.tolist()  # the one host sync of a step
         stale, inside = values[: self.num_structures], values[-1]
+        self._speculate = not values[-2]
         if not any(stale) and inside < self.num_active_edges and self._graph is not None:
+            if not speculate:
+                self._graph.replay()
             return self._out
         # a stale list or too many active edges (the speculative results, if any, are discarded)
         if self.neighbors.update(positions, stale) or self.neighbors.edges is None:
+            self._speculate = True  # fresh lists
             self._load_edges()
             inside = int(self._inside(self.positions).sum())  # the new list's count (a rebuild: rare)
         self._grow_active(inside)
