@@ -18,6 +18,7 @@ the summation order). Results are cached by ASE's ``check_state`` rules (positio
 
 from __future__ import annotations
 
+import contextlib
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator as _AseCalculator
@@ -102,7 +103,11 @@ class Calculator(_AseCalculator):
             self._check_elements(atoms.numbers)
             self.step = None
             self._key = key
-        out = self._static(atoms, periodic) if self.static else self._eager(atoms, periodic)
+        if self.static:
+            out = self._static(atoms, periodic)
+        else:
+            with _frozen(self.model):  # forces only: no graph through the weights (and cacheable couplings)
+                out = self._eager(atoms, periodic)
         self.results = _host_results(out, periodic)
 
     def _static(self, atoms, periodic: bool) -> dict:
@@ -166,3 +171,16 @@ def _host_results(out: dict, periodic: bool) -> dict:
     if periodic:
         results["stress"] = full_3x3_to_voigt_6_stress(flat[1 + 4 * n:].reshape(3, 3))
     return results
+
+
+@contextlib.contextmanager
+def _frozen(model):
+    """The model's parameters need no gradient inside (their requires_grad flags are restored after)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)

@@ -220,6 +220,37 @@ def test_symmetric_contraction_gradients_and_edge_cases():
         ref.symmetric_contraction(x, species, w[:, 1:], spec)
 
 
+def test_symmetric_contraction_caches_couplings_of_frozen_weights_only():
+    """Frozen weights: the coupled weights are cached, and an in-place change of the weights is seen. Trainable
+    weights: never cached (also under no_grad), and gradients flow."""
+    from kernels import reference
+
+    spec = ContractionSpec(2, 1, 3)
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(6, spec.dim_in, 4, dtype=DT, generator=g).requires_grad_()
+    species = torch.tensor([0, 1, 1, 0, 1, 0])
+    w = torch.randn(2, spec.num_weights, 4, dtype=DT, generator=g)
+    expected = dense_contraction(x.detach(), species, w, spec)
+    frozen = w.clone()
+    for _ in range(2):  # the second call reads the cache
+        out = ref.symmetric_contraction(x, species, frozen, spec)
+        assert torch.allclose(out, expected, atol=1e-11) and id(frozen) in reference._UW_CACHE
+    with torch.no_grad():
+        frozen.mul_(2.0)  # in place: a new version, the cache entry is stale
+    out = ref.symmetric_contraction(x, species, frozen, spec)
+    assert torch.allclose(out, dense_contraction(x.detach(), species, frozen, spec), atol=1e-11)
+    assert torch.autograd.grad(out.sum(), x)[0].shape == x.shape  # forces through the cached couplings
+    wid = id(frozen)
+    del frozen
+    assert wid not in reference._UW_CACHE  # the entry died with its tensor
+    trainable = w.clone().requires_grad_()
+    with torch.no_grad():
+        ref.symmetric_contraction(x, species, trainable, spec)
+    out = ref.symmetric_contraction(x, species, trainable, spec)
+    assert id(trainable) not in reference._UW_CACHE
+    assert torch.autograd.grad(out.sum(), trainable)[0].abs().sum() > 0
+
+
 def test_activations_stay_order_one():
     # unit-variance inputs and weights: outputs have O(1) spread (documented path normalisation)
     g = torch.Generator().manual_seed(15)
