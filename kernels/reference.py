@@ -213,7 +213,8 @@ def _coupled_weights(w: torch.Tensor, blocks, k: int, correlation: int) -> list:
 # ASE calculator and the static step do), per tensor object (by id, checked through a weak reference; an entry
 # dies with its tensor) and in-place version counter. They depend only on the weights, and recomputing them was
 # about a third of a CPU MD step of 27-atom 3BPA at 128 channels. Trainable weights are never cached (also not
-# under no_grad), so a training loop can never read couplings of stale weights.
+# under no_grad), so a training loop can never read couplings of stale weights. Memory: C * M_tot * K * Q_2
+# floats per species and layer (4.5 MB at 128 channels, l_in <= 3, l_out <= 1, float32).
 _UW_CACHE: dict = {}  # id(weights) -> (weakref, (version, spec, dtype, device), {species: Uw list})
 
 
