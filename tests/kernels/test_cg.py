@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from e3nn import o3  # a test dependency (pip install -e ".[test]")
 
 import kernels
 from kernels import (
@@ -12,7 +13,6 @@ from kernels import (
     conv_path_table, coupling_basis, folded_coupling, wigner_3j, wigner_D,
 )
 
-o3 = pytest.importorskip("e3nn.o3")
 DT = torch.float64
 
 

@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
+from e3nn import o3  # a test dependency (pip install -e ".[test]")
 from torch.autograd import gradcheck, gradgradcheck
 
 import kernels
 from kernels import ContractionSpec, ConvSpec, block_wigner_D, make_graph
 
-o3 = pytest.importorskip("e3nn.o3")
 ref = kernels.get_ops("reference")
 DT = torch.float64
 

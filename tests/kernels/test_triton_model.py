@@ -5,17 +5,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import ase.build as ase_build
 import numpy as np
 import pytest
 import torch
+
+import potential
 
 _spec = importlib.util.spec_from_file_location("tumbler_triton_common", Path(__file__).with_name("_triton_common.py"))
 T = sys.modules.setdefault("tumbler_triton_common", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(T)
 
 pytestmark = T.requires_triton
-potential = pytest.importorskip("potential", reason="potential package not importable")
-ase_build = pytest.importorskip("ase.build")
 
 CONFIG = dict(elements=[1, 6, 8], channels=16 if T.GPU else 4, lmax=1, lmax_sh=3, correlation=3,
               num_interactions=2, r_max=3.0, num_bessel=6, radial_hidden=[8, 8], readout_hidden=8,
