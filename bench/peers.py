@@ -96,15 +96,20 @@ def conv_rows(lmax_in, C, send, recv, n_nodes, backends, timer, peak):
                 Yv = o3.spherical_harmonics([0, 1, 2, 3], vec, normalize=True, normalization="component")
                 (f,) = torch.autograd.grad((tp(x, Yv, w, ei) * g).sum(), vec, create_graph=True)
                 torch.autograd.grad((f * f).sum(), [x, w])
-            r = dict(backend=backend, paths=len(instr), weight_numel=tp.weight_numel)
-            for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)):
-                r[name] = timer(fn)
-                r[name + "_peak_MiB"] = peak(fn)
-            rows.append(r)
+            rows.append(_timed_passes(dict(backend=backend, paths=len(instr), weight_numel=tp.weight_numel),
+                                      fwd, fwdbwd, dbl, timer, peak))
         except Exception as e:
             traceback.print_exc()
             rows.append(dict(backend=backend, error=repr(e)[:300]))
     return rows
+
+
+def _timed_passes(row: dict, fwd, fwdbwd, dbl, timer, peak) -> dict:
+    """row plus the median time and peak memory of each pass (forward, forward+backward, double backward)."""
+    for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)):
+        row[name] = timer(fn)
+        row[name + "_peak_MiB"] = peak(fn)
+    return row
 
 
 def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, timer, peak):
@@ -139,11 +144,7 @@ def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, timer, peak):
             def dbl():
                 (gx,) = torch.autograd.grad((blk(x, None, attrs) * go).sum(), x, create_graph=True)
                 torch.autograd.grad((gx * gx).sum(), params)
-            r = dict(backend=backend)
-            for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)):
-                r[name] = timer(fn)
-                r[name + "_peak_MiB"] = peak(fn)
-            rows.append(r)
+            rows.append(_timed_passes(dict(backend=backend), fwd, fwdbwd, dbl, timer, peak))
         except Exception as e:
             traceback.print_exc()
             rows.append(dict(backend=backend, error=repr(e)[:300]))
