@@ -30,6 +30,26 @@ from .triton import sh2 as _sh2
 SLOTS = ("h", "Y", "R", "g")
 
 
+def _tracked(t):
+    """t, or a view of it if it is a leaf that requires grad. `used_slots` asks the engine whether it will
+    run the node behind each input, and the engine cannot answer that for a leaf inside autograd.grad();
+    a view puts a node of its own in front of the leaf (no copy, no kernel)."""
+    return t.view_as(t) if t is not None and t.requires_grad and t.grad_fn is None else t
+
+
+def used_slots(ctx, slots) -> tuple:
+    """For each forward input in `slots` (tensors or None, in order): whether this backward's gradient for it
+    will be used. ctx.needs_input_grad only says that an input requires grad; the force pass
+    autograd.grad(E, positions) runs none of the weight branches, so their gradients are skipped here.
+    ctx.next_functions lists the forward's tensor inputs in order (None inputs have no entry)."""
+    nodes = iter(ctx.next_functions)
+    used = []
+    for t in slots:
+        node = next(nodes)[0] if t is not None else None
+        used.append(node is not None and torch._C._will_engine_execute_node(node))
+    return tuple(used)
+
+
 def _run_form(outs, graph, tab, T):
     """Evaluate dF/ds for s in outs with slots T (dict); returns dict slot -> tensor."""
     res = {}
@@ -58,9 +78,13 @@ class ConvForm(torch.autograd.Function):
         return tuple(res[s] for s in outs)
 
     @staticmethod
+    def apply_form(outs, graph, tab, h, Y, R, g):
+        return ConvForm.apply(outs, graph, tab, *map(_tracked, (h, Y, R, g)))
+
+    @staticmethod
     def backward(ctx, *grads):
         T = dict(zip(SLOTS, ctx.saved_tensors))
-        need = {s for s, n in zip(SLOTS, ctx.needs_input_grad[3:]) if n}
+        need = {s for s, n in zip(SLOTS, used_slots(ctx, ctx.saved_tensors)) if n}
         acc = {}
         for s, G in zip(ctx.outs, grads):
             if G is None:
@@ -71,7 +95,7 @@ class ConvForm(torch.autograd.Function):
                 continue
             T2 = dict(T)
             T2[s] = G.contiguous()
-            vals = ConvForm.apply(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
+            vals = ConvForm.apply_form(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
             for t, v in zip(targets, vals):
                 acc[t] = v if t not in acc else acc[t] + v
         return (None, None, None) + tuple(acc.get(s) for s in SLOTS)
@@ -81,7 +105,7 @@ def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     """Autograd-enabled conv: [N,K_in,C], [E,K_sh], [E,P,C] -> [N,K_out,C] (CONTRACT kernels)."""
     tab = _conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
     dt = node_feats.dtype
-    (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh.to(dt), edge_weights.to(dt), None)
+    (out,) = ConvForm.apply_form(("g",), graph, tab, node_feats, edge_sh.to(dt), edge_weights.to(dt), None)
     return out
 
 
@@ -141,15 +165,19 @@ class PolyForm(torch.autograd.Function):
         return _sc.run_form(form, outs, tensors, plan)
 
     @staticmethod
+    def apply_form(form, outs, plan, *tensors):
+        return PolyForm.apply(form, outs, plan, *map(_tracked, tensors))
+
+    @staticmethod
     def backward(ctx, *grads):
         T = ctx.saved_tensors
-        need = tuple(t for t, n in enumerate(ctx.needs_input_grad[3:]) if n)
+        need = tuple(t for t, n in enumerate(used_slots(ctx, T)) if n)
         acc = {}
         for s, G in zip(ctx.outs, grads):
             if G is None or not need:
                 continue
             form2 = _sc.pullback(ctx.form, s)
-            vals = PolyForm.apply(form2, need, ctx.plan, *T, G.contiguous())
+            vals = PolyForm.apply_form(form2, need, ctx.plan, *T, G.contiguous())
             for t, v in zip(need, vals):
                 acc[t] = v if t not in acc else acc[t] + v
         return (None, None, None) + tuple(acc.get(t) for t in range(len(T)))
@@ -170,5 +198,5 @@ def planned_contraction(node_feats, weights, spec, plan):
     """The contraction with a species plan made beforehand (kernels/triton/contraction.py make_plan): no host
     reads, so it can be captured in a CUDA graph (kernels/fixed_species.py)."""
     form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
-    (out,) = PolyForm.apply(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
+    (out,) = PolyForm.apply_form(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
     return out

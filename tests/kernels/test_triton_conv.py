@@ -104,3 +104,29 @@ def test_float32_error_bound_and_determinism():
     assert torch.equal(out, out2)  # bitwise, run to run: no atomics, fixed summation order
     for a, b in zip(first, first2):
         assert torch.equal(a, b)
+
+
+def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
+    """autograd.grad(E, Y) needs dE/dY only: no sender-segment pass for dh and no dR, though h and w
+    require grad (the force pass of training); the following backward to (h, w) is still exact."""
+    from kernels.triton import conv as triton_conv
+    spec = kernels.ConvSpec(1, 2, 1)
+    h, y, w, graph = _inputs(spec)
+    calls = []
+    for name in ("conv_send", "conv_edge"):
+        real = getattr(triton_conv, name)
+        monkeypatch.setattr(triton_conv, name, lambda *a, _real=real, _n=name, **k: calls.append((_n, a[-2:])) or _real(*a, **k))
+
+    def force_train(ops):
+        out = ops.edge_conv(h, y, w, graph, spec)
+        g = T.randn(*out.shape, seed=11, dtype=out.dtype)
+        (dy,) = torch.autograd.grad(out, y, g, create_graph=True)
+        return dy, torch.autograd.grad((dy * dy).sum(), (h, w))
+
+    dy, second = force_train(T.ops())
+    assert calls[0] == ("conv_edge", (True, False))  # dY only
+    assert [c[0] for c in calls[1:]] == ["conv_send", "conv_edge"]  # then dh and dR of the loss
+    dy_r, second_r = force_train(T.ref())
+    assert T.rel_err(dy, dy_r) < 1e-13
+    for a, b in zip(second, second_r):
+        assert T.rel_err(a, b) < 1e-12
