@@ -1,10 +1,11 @@
 """Kernel benchmark on one GPU: our Triton ops and the peers (bench/peers.py) side by side, one process.
 
-    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P[,P]] [--warm] [--sweep]
+    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P[,P]] [--warm] [--sweep] [--profile]
     python bench/kernels.py --combine results/a.json results/b.json ...   (table of saved runs, later wins)
 
 --warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
 fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
+--profile also prints, for each selected pass, its GPU kernels and their times (torch.profiler, 5 runs).
 
 Passes (float32, CUDA-event medians): fwd (no grad), fwdbwd (gradients of all inputs for a random
 cotangent), dbl (force training: SH(vec) -> op -> E; F = dE/dvec with create_graph; loss(F) backward to
@@ -53,7 +54,7 @@ SC = [("128ch_l3in_l1out_5k", 3, 1, 128, 5000, 10), ("128ch_l3in_l0out_5k", 3, 0
 SH = [20_000, 2_000_000]
 
 
-OPTS = {"cfg": None, "pass": None, "warm": False}
+OPTS = {"cfg": None, "pass": None, "warm": False, "profile": False}
 
 
 def _select(cfgs, quick):
@@ -78,6 +79,19 @@ def _measure(r, pairs, timer, floor):
         r[p + "_peak_MiB"] = peak_mib(fn)
         r[p + "_floor_MB"] = floor[p] / 1e6
         r[p + "_GBps"] = floor[p] / 1e6 / r[p]
+        if OPTS["profile"]:
+            profile(fn, f"{r['op']} {r['cfg']} {p}")
+
+
+def profile(fn, title, runs=5):
+    """Per-kernel GPU time of fn (sum over `runs` calls, so divide by runs for one call)."""
+    from torch.profiler import ProfilerActivity
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    print(f"--- profile: {title} ({runs} runs)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
 
 
 def med_ms(fn, warm=10, rep=40):
@@ -293,6 +307,7 @@ def main(argv):
         if a.startswith("--pass="):
             OPTS["pass"] = a[7:]
     OPTS["warm"] = "--warm" in argv
+    OPTS["profile"] = "--profile" in argv
     if "--sweep" in argv:
         OPTS["pass"] = OPTS["pass"] or "fwd,fwdbwd"
     peers_on = []

@@ -7,7 +7,8 @@ the other slots. Its pullback is again a sum of such derivatives: for an upstrea
 of output s, <G_s, dF/ds> = F(slots with s := G_s), so the gradient with respect to slot t is
 dF/dt evaluated with s := G_s. Backward therefore calls ConvForm itself, which makes every
 derivative order (backward, double backward for force training, and beyond) run on the same
-three fused kernels (receiver-segment sum, sender-segment sum through send_perm, per-edge).
+fused kernels (receiver-segment sum, sender-segment sum through send_perm, per-edge, and the sender
+segments with the per-edge derivatives of the same edges in one pass).
 
 Symmetric contraction. Same idea for a polynomial: `PolyForm` evaluates a sparse polynomial
 term list (poly.py); its derivative with respect to any input is another term list obtained by
@@ -55,9 +56,12 @@ def _run_form(outs, graph, tab, T):
     res = {}
     if "g" in outs:
         res["g"] = _conv.conv_recv(T["h"], T["Y"], T["R"], graph, tab)
-    if "h" in outs:
+    if "h" in outs and ("Y" in outs or "R" in outs):  # one pass over the sender segments for all three
+        res["h"], dY, dR = _conv.conv_sender(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
+        res.update((s, v) for s, v in (("Y", dY), ("R", dR)) if v is not None)
+    elif "h" in outs:
         res["h"] = _conv.conv_send(T["g"], T["Y"], T["R"], graph, tab)
-    if "Y" in outs or "R" in outs:
+    elif "Y" in outs or "R" in outs:
         dY, dR = _conv.conv_edge(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
         if "Y" in outs:
             res["Y"] = dY

@@ -5,7 +5,8 @@ Shapes: h [N, K_in, C], Y [E, K_sh], R [E, P, C], g [N, K_out, C]; graph = kerne
 `ConvTable` is our adapter over kernels.cg's path tables: the flat list of non-zero entries
 (k1, k2, k3, p, w) in global component indices, so that
     out[i, k3, c] = sum_{e -> i} sum_entries w * R[e, p, c] * h[send_e, k1, c] * Y[e, k2].
-The three launchers are the three partial derivatives of that 4-linear form (conv_codegen.py).
+The three launchers conv_recv, conv_send and conv_edge are the partial derivatives of that 4-linear
+form (conv_codegen.py); conv_sender fuses conv_send with conv_edge for backward passes that need both.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from functools import lru_cache
 import torch
 
 from .codegen import cdiv, load_source, next_pow2
-from .conv_codegen import edge_kernel_source, node_kernel_source
+from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ def _send_kernel(tab: ConvTable):
 def _edge_kernel(tab: ConvTable):
     name = f"conv_edge_{tab.key}"
     return load_source(edge_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
+
+
+@lru_cache(maxsize=None)
+def _sender_kernel(tab: ConvTable):
+    name = f"conv_sender_{tab.key}"
+    return load_source(sender_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
 
 
 def node_config(C: int, K: int) -> tuple[int, int, int]:
@@ -139,3 +146,26 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         dY if need_Y else dummy, dR if need_R else dummy, graph.senders, graph.receivers, E, C,
         BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
     return dY, dR
+
+
+def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
+    """dh = conv_send(g, Y, R) together with conv_edge's dY [E, K_sh] and dR [E, P, C] (None where not asked),
+    from one pass over the sender segments: g[recv_e] is gathered once per edge instead of once per kernel."""
+    N, _, C = h.shape
+    E = graph.senders.shape[0]
+    _check(g, (N, tab.K_out, C), "grad_out")
+    dt, dev = h.dtype, h.device
+    dh = torch.empty(N, tab.K_in, C, dtype=dt, device=dev)
+    dR = torch.empty(E, tab.P, C, dtype=dt, device=dev) if need_R else None
+    if N == 0 or C == 0 or E == 0:
+        dh.zero_()
+        return dh, (torch.zeros(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None), dR
+    be, bc, nw = node_config(C, tab.K_out)
+    ncb = cdiv(C, bc)
+    dY_parts = torch.empty(ncb, E, tab.K_sh, dtype=dt, device=dev) if need_Y else None
+    _sender_kernel(tab)[(N, ncb)](
+        h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh, dY_parts if need_Y else dh,
+        dR if need_R else dh, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
+        BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+    dY = (dY_parts[0] if ncb == 1 else dY_parts.sum(0)) if need_Y else None
+    return dh, dY, dR

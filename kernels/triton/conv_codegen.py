@@ -8,6 +8,9 @@ partial derivatives:
   node kernel, receiver segments:  dF/dg[i] = sum over edges into i   (the conv itself)
   node kernel, sender segments:    dF/dh[j] = sum over edges out of j (transposed graph, via send_perm)
   edge kernel:                     dF/dY[e] (sum over channels) and dF/dR[e] (per channel)
+and one fused kernel for backward passes that need dF/dh together with per-edge derivatives:
+  sender kernel:  dF/dh[j] over sender segments, and dF/dR[e], dF/dY[e] of the same edges, from one
+                  gather of g[recv_e] per edge (h[j] is loaded once per segment, not per edge)
 Each term list is emitted as straight-line code with the coefficients as constants; no
 E x C x K intermediate is written, no atomics are used (each output element has one writer that
 sums in a fixed order), so results are bitwise deterministic.
@@ -139,4 +142,88 @@ def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> s
     L.append("    if NEED_Y:")
     for b in range(KY):
         L.append(f"        tl.store(DY + e * {KY} + {b}, dy{b}, mask=em)")
+    return "\n".join(L) + "\n"
+
+
+def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> str:
+    """Sender-segment kernel: one program per (sender node j, channel block cb).
+
+    table: (k1, k2, k3, p, w) CG entries. H: [N, KH, C]; G: [N, KG, C] (row RECV[e]); Y: [E, KY];
+    R: [E, P, C]; PTR [N+1] / PERM [E]: the sender segments (send_ptr, send_perm). Writes, as asked:
+    DH [N, KH, C] = dF/dh (NEED_H); DR [E, P, C] = dF/dR (NEED_R); DY [NCB, E, KY] = the channel block's
+    part of dF/dY (NEED_Y; the launcher sums the NCB blocks in a fixed order).
+    """
+    by_hp: dict = defaultdict(lambda: defaultdict(list))  # (a, p) -> o -> [(b, w)]
+    by_p: dict = defaultdict(lambda: defaultdict(list))   # p -> (a, o) -> [(b, w)]
+    by_b: dict = defaultdict(lambda: defaultdict(list))   # b -> p -> [(a, o, w)]
+    for a, b, o, p, w in table:
+        by_hp[(a, p)][o].append((b, w))
+        by_p[p][(a, o)].append((b, w))
+        by_b[b][p].append((a, o, w))
+    used_a = sorted({t[0] for t in table})
+    used_b = sorted({t[1] for t in table})
+    used_o = sorted({t[2] for t in table})
+    used_p = sorted({t[3] for t in table})
+    L = []
+    L.append("@triton.jit")
+    L.append(f"def {name}(H, G, Y, R, DH, DY, DR, PTR, PERM, RECV, E, C, BE: tl.constexpr, BC: tl.constexpr, "
+             "NEED_H: tl.constexpr, NEED_Y: tl.constexpr, NEED_R: tl.constexpr):")
+    L.append("    node = tl.program_id(0).to(tl.int64)")
+    L.append("    cb = tl.program_id(1)")
+    L.append("    c = cb * BC + tl.arange(0, BC)")
+    L.append("    cm = c < C")
+    L.append("    start = tl.load(PTR + node)")
+    L.append("    end = tl.load(PTR + node + 1)")
+    L.append("    dt = H.dtype.element_ty")
+    L.append(f"    hrow = H + node * ({KH} * C) + c")
+    for a in used_a:
+        L.append(f"    h{a} = tl.load(hrow + {a} * C, mask=cm, other=0.0)[None, :]")
+    for a in used_a:
+        L.append(f"    acc{a} = tl.zeros([BE, BC], dt)")
+    L.append("    for e0 in range(start, end, BE):")
+    L.append("        eo = e0 + tl.arange(0, BE)")
+    L.append("        em = eo < end")
+    L.append("        eid = tl.load(PERM + eo, mask=em, other=0)")
+    L.append("        r = tl.load(RECV + eid, mask=em, other=0)")
+    L.append("        m2 = em[:, None] & cm[None, :]")
+    L.append(f"        grow = G + r[:, None] * ({KG} * C) + c[None, :]")
+    L.append(f"        rrow = eid[:, None] * ({P} * C) + c[None, :]")
+    for o in used_o:
+        L.append(f"        g{o} = tl.load(grow + {o} * C, mask=m2, other=0.0)")
+    for b in used_b:
+        L.append(f"        y{b} = tl.load(Y + eid * {KY} + {b}, mask=em, other=0.0)")
+    L.append("        if NEED_H or NEED_Y:")
+    for p in used_p:
+        L.append(f"            r{p} = tl.load(R + rrow + {p} * C, mask=m2, other=0.0)")
+    L.append("        if NEED_H:")
+    for (a, p), by_o in sorted(by_hp.items()):
+        parts = []
+        for o, bw in sorted(by_o.items()):
+            coef = " + ".join(f"{lit(w)} * y{b}" for b, w in bw)
+            parts.append(f"g{o} * ({coef})[:, None]")
+        L.append(f"            acc{a} += r{p} * ({' + '.join(parts)})")
+    L.append("        if NEED_R:")
+    for p in used_p:
+        parts = []
+        for (a, o), bw in sorted(by_p[p].items()):
+            coef = " + ".join(f"{lit(w)} * y{b}" for b, w in bw)
+            parts.append(f"h{a} * g{o} * ({coef})[:, None]")
+        L.append(f"            tl.store(DR + rrow + {p} * C, {' + '.join(parts)}, mask=m2)")
+    L.append("        if NEED_Y:")
+    L.append(f"            dyrow = DY + (cb * E + eid) * {KY}")
+    for b in range(KY):
+        if b in by_b:
+            parts = []
+            for p, aow in sorted(by_b[b].items()):
+                inner = " + ".join(f"{lit(w)} * h{a} * g{o}" for a, o, w in aow)
+                parts.append(f"r{p} * ({inner})")
+            val = f"tl.reduce({' + '.join(parts)}, 1, _add)"
+        else:
+            val = "tl.zeros([BE], dt)"
+        L.append(f"            tl.store(dyrow + {b}, {val}, mask=em)")
+    L.append("    if NEED_H:")
+    L.append(f"        orow = DH + node * ({KH} * C) + c")
+    for a in range(KH):
+        val = f"tl.reduce(acc{a}, 0, _add)" if a in used_a else "tl.zeros([BC], dt)"
+        L.append(f"        tl.store(orow + {a} * C, {val}, mask=cm)")
     return "\n".join(L) + "\n"

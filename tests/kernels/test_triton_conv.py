@@ -108,12 +108,13 @@ def test_float32_error_bound_and_determinism():
 
 def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
     """autograd.grad(E, Y) needs dE/dY only: no sender-segment pass for dh and no dR, though h and w
-    require grad (the force pass of training); the following backward to (h, w) is still exact."""
+    require grad (the force pass of training); the following backward to (h, w) is one fused sender pass,
+    and exact."""
     from kernels.triton import conv as triton_conv
     spec = kernels.ConvSpec(1, 2, 1)
     h, y, w, graph = _inputs(spec)
     calls = []
-    for name in ("conv_send", "conv_edge"):
+    for name in ("conv_send", "conv_edge", "conv_sender"):
         real = getattr(triton_conv, name)
         monkeypatch.setattr(triton_conv, name, lambda *a, _real=real, _n=name, **k: calls.append((_n, a[-2:])) or _real(*a, **k))
 
@@ -125,8 +126,25 @@ def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
 
     dy, second = force_train(T.ops())
     assert calls[0] == ("conv_edge", (True, False))  # dY only
-    assert [c[0] for c in calls[1:]] == ["conv_send", "conv_edge"]  # then dh and dR of the loss
+    assert calls[1:] == [("conv_sender", (False, True))]  # then dh and dR of the loss, in one pass
     dy_r, second_r = force_train(T.ref())
     assert T.rel_err(dy, dy_r) < 1e-13
     for a, b in zip(second, second_r):
         assert T.rel_err(a, b) < 1e-12
+
+
+def test_sender_pass_with_several_channel_blocks():
+    """The fused sender pass sums dY over channel blocks (37 channels: two blocks of 32); each block's part
+    is written separately and summed in a fixed order, so it matches the reference and repeats bitwise."""
+    spec = kernels.ConvSpec(1, 2, 2)
+    graph = T.random_graph(7, 19, seed=5, isolated=1)
+    h = T.randn(7, spec.dim_in, 37, seed=1, requires_grad=True)
+    y = T.randn(19, spec.dim_sh, seed=2, requires_grad=True)
+    w = T.randn(19, spec.num_paths, 37, seed=3, requires_grad=True)
+    g = T.randn(7, spec.dim_out, 37, seed=4)
+    first = torch.autograd.grad(T.ops().edge_conv(h, y, w, graph, spec), (h, y, w), g)
+    again = torch.autograd.grad(T.ops().edge_conv(h, y, w, graph, spec), (h, y, w), g)
+    ref = torch.autograd.grad(T.ref().edge_conv(h, y, w, graph, spec), (h, y, w), g)
+    for a, b, r in zip(first, again, ref):
+        assert torch.equal(a, b)
+        assert T.rel_err(a, r) < 1e-13
