@@ -2,6 +2,7 @@
 
     python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P[,P]] [--warm] [--sweep] [--profile]
     python bench/kernels.py --combine results/a.json results/b.json ...   (table of saved runs, later wins)
+    python bench/kernels.py --sweep-warm-jobs   (the commands that compile what --sweep runs, one per line)
 
 --warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
 fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
@@ -234,22 +235,25 @@ def bench_sc(ops, peers_on, timer, quick):
     return rows
 
 
-NODE_CANDS = ["8,32,4", "4,32,4", "16,32,4", "8,64,4", "4,128,4", "8,128,8"]
-EDGE_CANDS = ["8,32,8", "4,32,4", "4,64,8", "2,128,8", "8,64,16"]
+SWEEP = {  # tuning knobs read by kernels/triton/conv.py at each call, and the values tried
+    "TUMBLER_CONV_NODE_CFG": ["8,32,4", "4,32,4", "4,64,4", "2,64,4", "2,32,2", "16,32,8"],
+    "TUMBLER_CONV_EDGE_CFG": ["8,32,8", "4,32,4", "4,64,8", "2,128,8"],
+    "TUMBLER_CONV_STAGES": ["1", "2", "4"],
+    "TUMBLER_CONV_SENDER": ["off", "noY"],
+}
 
 
-def sweep(ops, timer, cfgs=(0, 3)):
-    """Tile configurations of the conv kernels (env overrides read by kernels/triton/conv.py) on the
-    passes they change: node configs (recv and send kernels) and edge configs."""
+def sweep(ops, timer, cfgs=range(len(CONV))):
+    """Each knob's values on each conv config, one knob at a time (the others at their defaults)."""
     rows = []
-    for var, cands in (("TUMBLER_CONV_NODE_CFG", NODE_CANDS), ("TUMBLER_CONV_EDGE_CFG", EDGE_CANDS)):
+    for var, cands in SWEEP.items():
         for cand in cands:
             os.environ[var] = cand
             for c in cfgs:
                 OPTS["cfg"] = c
                 for r in bench_conv(ops, [], timer, False):
                     rows.append(dict(op="sweep", cfg=r["cfg"], var=var, value=cand,
-                                     **{k: r[k] for k in ("fwd", "fwdbwd") if k in r}))
+                                     **{k: r[k] for k in ("fwd", "fwdbwd", "dbl") if k in r}))
             del os.environ[var]
     OPTS["cfg"] = None
     return rows
@@ -299,6 +303,10 @@ def main(argv):
     if argv and argv[0] == "--combine":
         print(combine(argv[1:]))
         return
+    if argv and argv[0] == "--sweep-warm-jobs":  # one command per knob value and config, to run in parallel
+        print("\n".join(f"{var}={v} python3 bench/kernels.py conv --cfg={c} --warm"
+                        for var, vals in SWEEP.items() for v in vals for c in range(len(CONV))))
+        return
     parts = [a for a in argv if not a.startswith("--")] or ["sh", "conv", "sc"]
     quick = "--quick" in argv
     for a in argv:
@@ -308,8 +316,6 @@ def main(argv):
             OPTS["pass"] = a[7:]
     OPTS["warm"] = "--warm" in argv
     OPTS["profile"] = "--profile" in argv
-    if "--sweep" in argv:
-        OPTS["pass"] = OPTS["pass"] or "fwd,fwdbwd"
     peers_on = []
     info = {}
     if "--peers" in argv and "--warm" not in argv:
@@ -324,8 +330,9 @@ def main(argv):
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
     if "--sweep" in argv:
         res["rows"] += sweep(ops, lambda fn: med_ms(fn, warm=5, rep=20))
-        print("\n".join(f"sweep {r['cfg']:<16} {r['var']:<22} {r['value']:<9} fwd {r.get('fwd', float('nan')):.3f} "
-                        f"fwdbwd {r.get('fwdbwd', float('nan')):.3f}" for r in res["rows"] if r["op"] == "sweep"))
+        print("\n".join(f"sweep {r['cfg']:<16} {r['var']:<22} {r['value']:<9} "
+                        + " ".join(f"{p} {r.get(p, float('nan')):.3f}" for p in ("fwd", "fwdbwd", "dbl"))
+                        for r in res["rows"] if r["op"] == "sweep"))
         parts = []
     for part, fn in (("sh", bench_sh), ("conv", bench_conv), ("sc", bench_sc)):
         if part in parts:

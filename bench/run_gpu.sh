@@ -4,8 +4,9 @@
 #   PEERS=cueq,oeq bash bench/run_gpu.sh            # everything, ours and the peers
 #   PARTS="sh conv" NO_PEERS=1 SWEEP=1 NO_TESTS=1 bash bench/run_gpu.sh
 set -uo pipefail
-export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 TRITON_CACHE_DIR=/tmp/tc
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tc
+[ -f .tcache/tcache.tgz ] && tar xzf .tcache/tcache.tgz -C /tmp  # Triton's cache from an earlier run, if carried
 PARTS=${PARTS:-"sh conv sc"}
 T0=$(date +%s)
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
@@ -20,12 +21,7 @@ for part in $PARTS; do
     sh) jobs+=("python3 bench/kernels.py sh --cfg=0 --warm") ;;
   esac
 done
-if [ -n "${SWEEP:-}" ]; then
-  for c in 0 3; do
-    for v in 8,32,4 4,32,4 16,32,4 8,64,4 4,128,4 8,128,8; do jobs+=("TUMBLER_CONV_NODE_CFG=$v python3 bench/kernels.py conv --cfg=$c --pass=fwd,fwdbwd --warm"); done
-    for v in 8,32,8 4,32,4 4,64,8 2,128,8 8,64,16; do jobs+=("TUMBLER_CONV_EDGE_CFG=$v python3 bench/kernels.py conv --cfg=$c --pass=fwdbwd --warm"); done
-  done
-fi
+if [ -n "${SWEEP:-}" ]; then mapfile -t -O ${#jobs[@]} jobs < <(python3 bench/kernels.py --sweep-warm-jobs); fi
 if [ -n "${QUICK_TESTS:-}" ]; then jobs+=("python3 -m pytest $QUICK_TESTS -q -p no:cacheprovider > $OUT/quick_tests.log 2>&1; echo quick tests rc \$? >> $OUT/quick_tests.log"); fi
 printf '%s\n' "${jobs[@]}" | timeout ${WARM_S:-200} xargs -P 14 -I{} sh -c '{}' > "$OUT/warm.log" 2>&1
 echo "warm stage: $(( $(date +%s) - T0 )) s"; grep -i "error\|Traceback" "$OUT/warm.log" | head -5
@@ -37,7 +33,7 @@ PYTHONPATH=/tmp/peers TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout ${BENCH_S:-220}
   | grep -v "Warning\|warn(" | tee "$OUT/bench.log" | tail -40
 echo "bench done: $(( $(date +%s) - T0 )) s"
 if [ -n "${SWEEP:-}" ]; then
-  timeout ${SWEEP_S:-90} python3 bench/kernels.py --sweep 2>&1 | grep "^sweep" | tee "$OUT/sweep.log"
+  timeout ${SWEEP_S:-150} python3 bench/kernels.py --sweep 2>&1 | grep "^sweep" | tee "$OUT/sweep.log"
   echo "sweep done: $(( $(date +%s) - T0 )) s"
 fi
 # 3. GPU tests at real sizes, with what time is left

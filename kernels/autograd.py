@@ -56,7 +56,7 @@ def _run_form(outs, graph, tab, T):
     res = {}
     if "g" in outs:
         res["g"] = _conv.conv_recv(T["h"], T["Y"], T["R"], graph, tab)
-    if "h" in outs and ("Y" in outs or "R" in outs):  # one pass over the sender segments for all three
+    if "h" in outs and ("Y" in outs or "R" in outs) and _conv.fuse_sender("Y" in outs):  # one pass for all
         res["h"], dY, dR = _conv.conv_sender(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
         res.update((s, v) for s, v in (("Y", dY), ("R", dR)) if v is not None)
     elif "h" in outs:

@@ -81,6 +81,18 @@ def node_config(C: int, K: int) -> tuple[int, int, int]:
     return 4, bc, max(1, min(4, 4 * bc // 32))
 
 
+def _stages() -> int:
+    """Software-pipelining depth of the segment loops (Triton's num_stages; 3 is its default)."""
+    return int(os.environ.get("TUMBLER_CONV_STAGES", "3"))
+
+
+def fuse_sender(need_Y: bool) -> bool:
+    """Whether a backward that needs dh with dY/dR takes the fused sender pass (conv_sender) or the
+    separate conv_send and conv_edge. TUMBLER_CONV_SENDER: all | noY | off."""
+    mode = os.environ.get("TUMBLER_CONV_SENDER", "all")
+    return mode == "all" or (mode == "noY" and not need_Y)
+
+
 def edge_config(C: int, K: int) -> tuple[int, int, int]:
     """(edges per tile, channels per tile, num_warps) for the per-edge kernel: one tile element per
     thread (it holds h, g, R and Y of an edge at once; K = max(K_in, K_out))."""
@@ -110,7 +122,7 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     be, bc, nw = node_config(C, tab.K_in)
     grid = (N, cdiv(C, bc))
     _recv_kernel(tab)[grid](h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr,
-                            graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw)
+                            graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
     return out
 
 
@@ -124,7 +136,7 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     be, bc, nw = node_config(C, tab.K_out)
     grid = (N, cdiv(C, bc))
     _send_kernel(tab)[grid](g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr, graph.send_perm,
-                            graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw)
+                            graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
     return out
 
 
