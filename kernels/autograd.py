@@ -59,9 +59,10 @@ def _run_form(outs, graph, tab, T):
     if "h" in outs and ("Y" in outs or "R" in outs) and _conv.fuse_sender("Y" in outs):  # one pass for all
         res["h"], dY, dR = _conv.conv_sender(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
         res.update((s, v) for s, v in (("Y", dY), ("R", dR)) if v is not None)
-    elif "h" in outs:
+        return res
+    if "h" in outs:
         res["h"] = _conv.conv_send(T["g"], T["Y"], T["R"], graph, tab)
-    elif "Y" in outs or "R" in outs:
+    if "Y" in outs or "R" in outs:
         dY, dR = _conv.conv_edge(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
         if "Y" in outs:
             res["Y"] = dY

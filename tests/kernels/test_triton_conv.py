@@ -133,9 +133,12 @@ def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
         assert T.rel_err(a, b) < 1e-12
 
 
-def test_sender_pass_with_several_channel_blocks():
+@pytest.mark.parametrize("mode", ["all", "noY", "off"])
+def test_sender_pass_with_several_channel_blocks(mode, monkeypatch):
     """The fused sender pass sums dY over channel blocks (37 channels: two blocks of 32); each block's part
-    is written separately and summed in a fixed order, so it matches the reference and repeats bitwise."""
+    is written separately and summed in a fixed order, so it matches the reference and repeats bitwise.
+    The same holds with the fused pass used only without dY, or not at all (TUMBLER_CONV_SENDER)."""
+    monkeypatch.setenv("TUMBLER_CONV_SENDER", mode)
     spec = kernels.ConvSpec(1, 2, 2)
     graph = T.random_graph(7, 19, seed=5, isolated=1)
     h = T.randn(7, spec.dim_in, 37, seed=1, requires_grad=True)
