@@ -67,6 +67,21 @@ def _sender_kernel(tab: ConvTable):
     return load_source(sender_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
 
 
+def recv_config(C: int) -> tuple[int, int, int]:
+    """(BE, BC, num_warps) of the receiver-segment kernel (the forward conv).
+
+    H200 sweep (bench/NOTES.md, v4): two edges per tile and two channels per thread beat the 4 x 32 / 4 warp
+    tile of the other segment kernels: 128 ch l<=1 at 300k edges 0.605 ms with (2, 32, 1) vs 0.716;
+    64 ch l<=2 at 150k 0.306 ms with (2, 64, 2) vs 0.402. Fewer threads per edge compute the per-edge
+    coupling coefficients (sum_b w Y[e, b]) fewer times over."""
+    env = os.environ.get("TUMBLER_CONV_RECV_CFG")
+    if env:
+        be, bc, nw = (int(x) for x in env.split(","))
+        return be, min(bc, next_pow2(C)), nw
+    bc = 32 if C >= 128 else min(next_pow2(C), 64)
+    return 2, bc, max(1, 2 * bc // 64)
+
+
 def node_config(C: int, K: int) -> tuple[int, int, int]:
     """(edges per tile BE, channels per tile BC, num_warps) for the segment kernels.
 
@@ -119,7 +134,7 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     out = torch.empty(N, tab.K_out, C, dtype=h.dtype, device=h.device)
     if N == 0 or C == 0:
         return out
-    be, bc, nw = node_config(C, tab.K_in)
+    be, bc, nw = recv_config(C)
     grid = (N, cdiv(C, bc))
     _recv_kernel(tab)[grid](h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr,
                             graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
