@@ -88,8 +88,9 @@ class ConvForm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        T = dict(zip(SLOTS, ctx.saved_tensors))
-        need = {s for s, n in zip(SLOTS, used_slots(ctx, ctx.saved_tensors)) if n}
+        saved = ctx.saved_tensors  # unpacked once: torch.utils.checkpoint (the chunked step) allows no second unpack
+        T = dict(zip(SLOTS, saved))
+        need = {s for s, n in zip(SLOTS, used_slots(ctx, saved)) if n}
         acc = {}
         for s, G in zip(ctx.outs, grads):
             if G is None:
