@@ -47,8 +47,13 @@ def used_slots(ctx, slots) -> tuple:
     used = []
     for t in slots:
         node = next(nodes)[0] if t is not None else None
-        used.append(node is not None and torch._C._will_engine_execute_node(node))
+        used.append(node is not None and (_WILL_RUN is None or _WILL_RUN(node)))
     return tuple(used)
+
+
+# the engine's own query (torch.autograd.graph.register_multi_grad_hook uses it); without it, every input that
+# requires grad gets its gradient
+_WILL_RUN = getattr(torch._C, "_will_engine_execute_node", None)
 
 
 def _run_form(outs, graph, tab, T):
