@@ -3,6 +3,8 @@ stack (spill) bytes per tile configuration: the cheapest way to choose block sha
 
     python bench/compile_report.py conv 1,3,3 recv 16,32,4 8,32,4
     python bench/compile_report.py sc 3,1,3 bwd 8,32,64,4
+    python bench/compile_report.py sc 3,2,3 dbl:0 4,32,64,4    (one output slot of the second-order kernel)
+    python bench/compile_report.py sc 3,2,3 dbl-plan 4,32,64,4 (each kernel the model launches for it)
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def sc_kernel(lmaxes, which):
     if which == "bwd":
         return sc._kernel(f2, (0, 1)), 4, 2
     f3 = sc.pullback(f2, 0)
-    return sc._kernel(f3, (0, 1, 3)), 5, 3
+    outs = (0, 1, 3) if which == "dbl" else (int(which.split(":")[1]),)  # "dbl:S": only slot S
+    return sc._kernel(f3, outs), 5, len(outs)
 
 
 def main(argv):
@@ -69,14 +72,24 @@ def main(argv):
             else:
                 k = conv._recv_kernel(tab) if which == "recv" else conv._send_kernel(tab)
                 sig, ce = NODE_SIG, dict(BE=be, BC=bc, USE_PERM=which == "send")
+        elif which == "dbl-plan":
+            f3 = sc.pullback(sc.pullback(sc.base_form(*lmaxes), 2), 0)
+            for part, comps in sc.launch_plan(f3, (0, 1, 3)):
+                report(op, lm, f"dbl{part}{comps or ''}", cfg, sc._kernel(f3, part, comps), 5, len(part), vals)
+            continue
         else:
-            nb, bc, ch, nw = vals
             k, ns, no = sc_kernel(lmaxes, which)
-            sig = {f"S{j}": "*fp32" for j in range(ns)} | {f"O{j}": "*fp32" for j in range(no)}
-            sig |= {"PERM": "*i64", "PTR": "*i64", "NCHUNK": "i32", "C": "i32", "CH": "constexpr", "NB": "constexpr",
-                    "BC": "constexpr"}
-            ce = dict(CH=ch, NB=nb, BC=bc)
+            report(op, lm, which, cfg, k, ns, no, vals)
+            continue
         print(op, lm, which, cfg, usage(k, sig, ce, nw), flush=True)
+
+
+def report(op, lm, which, cfg, k, ns, no, vals):
+    nb, bc, ch, nw = vals
+    sig = {f"S{j}": "*fp32" for j in range(ns)} | {f"O{j}": "*fp32" for j in range(no)}
+    sig |= {"PERM": "*i64", "PTR": "*i64", "NCHUNK": "i32", "C": "i32", "CH": "constexpr", "NB": "constexpr",
+            "BC": "constexpr"}
+    print(op, lm, which, cfg, usage(k, sig, dict(CH=ch, NB=nb, BC=bc), nw), flush=True)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,43 @@ def pullback(form: Form, s: int) -> Form:
 
 
 @lru_cache(maxsize=None)
-def _kernel(form: Form, outs: tuple):
-    key = hashlib.sha1(repr((form, outs)).encode()).hexdigest()[:16]
+def _kernel(form: Form, outs: tuple, comps: tuple | None = None):
+    key = hashlib.sha1(repr((form, outs) if comps is None else (form, outs, comps)).encode()).hexdigest()[:16]
     name = f"poly_{key}"
-    return load_source(kernel_source(name, form, outs), name)
+    return load_source(kernel_source(name, form, outs, comps), name)
+
+
+# Monomials per generated kernel. Above this, one kernel per output slot, and a node slot's components split
+# into balanced groups. The l<=3 -> l<=2 second order (14,566 monomials) compiled for sm_90 in 241 s with
+# 9.6 KB of spilled stack per thread; its slots apart took 50 + 38 + 24 s (bench/NOTES.md). Every other
+# form of the benchmarks and models (l<=3 -> l<=1 second order: 5,173) stays one kernel.
+MAX_MONOMIALS = 6000
+
+
+@lru_cache(maxsize=None)
+def launch_plan(form: Form, outs: tuple) -> tuple:
+    """((outs, comps), ...): the kernels that evaluate dF/ds for s in outs (see MAX_MONOMIALS)."""
+    derivs = {s: form.derivative_terms(s) for s in outs}
+    sizes = {s: sum(len(t) for t in d.values()) for s, d in derivs.items()}
+    if sum(sizes.values()) <= MAX_MONOMIALS:
+        return ((outs, None),)
+    plan = []
+    for s in outs:
+        kind, K = form.slots[s]
+        if kind == "weight" or sizes[s] <= MAX_MONOMIALS:
+            plan.append(((s,), None))
+            continue
+        groups = -(-sizes[s] // MAX_MONOMIALS)
+        target, cur, n = sizes[s] / groups, [], 0
+        for i in range(K):  # contiguous runs of components, cut near the balanced size
+            m = len(derivs[s].get(i, ()))
+            if cur and n + m / 2 > target:
+                plan.append(((s,), tuple(cur)))
+                cur, n = [], 0
+            cur.append(i)
+            n += m
+        plan.append(((s,), tuple(cur)))
+    return tuple(plan)
 
 
 @dataclass(frozen=True)
@@ -89,8 +122,9 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
         nb, bc, ch, nw = tile_config(C)
         ins = [t.contiguous() if t is not None else ref for t in tensors]
         grid = (S, plan.nchunk, -(-C // bc))
-        _kernel(form, tuple(outs))[grid](*ins, *kargs, plan.perm, plan.ptr, plan.nchunk, C,
-                                         CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
+        for part, comps in launch_plan(form, tuple(outs)):
+            _kernel(form, part, comps)[grid](*ins, *(kargs[outs.index(s)] for s in part), plan.perm, plan.ptr,
+                                             plan.nchunk, C, CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
     final = []
     for s, r in zip(outs, results):
         if form.slots[s][0] == "weight":

@@ -70,15 +70,20 @@ def _name(f) -> str:
     return f"s{f[0]}_{f[1]}"
 
 
-def kernel_source(name: str, form: Form, outs: tuple) -> str:
+def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None) -> str:
     """Triton source computing dF/d(slot) for every slot in `outs` (see the module docstring).
 
     Arguments: one pointer per slot (in order), one per output, then PERM, PTR, NCHUNK, C and the
-    constexprs CH (nodes per chunk), NB (nodes per tile), BC (channels per tile)."""
+    constexprs CH (nodes per chunk), NB (nodes per tile), BC (channels per tile).
+    comps: with one node slot in `outs`, only these of its components are written (a kernel of a split
+    derivative, contraction.launch_plan); None: all."""
     nslots = len(form.slots)
     node_slots = [i for i, (k, _) in enumerate(form.slots) if k == "node"]
     weight_slots = [i for i, (k, _) in enumerate(form.slots) if k == "weight"]
     derivs = {s: form.derivative_terms(s) for s in outs}
+    if comps is not None:
+        assert len(outs) == 1 and outs[0] in node_slots, "a component split is for one node slot"
+        derivs = {s: {i: t for i, t in d.items() if i in comps} for s, d in derivs.items()}
     used = sorted({f for s in outs for lst in derivs[s].values() for _, r in lst for f in r})
     args = [f"S{i}" for i in range(nslots)] + [f"O{j}" for j in range(len(outs))]
     L = ["@triton.jit",
@@ -158,7 +163,7 @@ def kernel_source(name: str, form: Form, outs: tuple) -> str:
                 L.append(f"        tl.store(O{j} + node[:, None] * ({K} * C) + {i} * C + c[None, :], {expr}, mask=m2)")
         if s in node_slots:
             K = form.slots[s][1]
-            for i in range(K):
+            for i in (range(K) if comps is None else comps):
                 if i not in derivs[s]:
                     L.append(f"        tl.store(O{j} + node[:, None] * ({K} * C) + {i} * C + c[None, :], "
                              "tl.zeros([NB, BC], dt), mask=m2)")

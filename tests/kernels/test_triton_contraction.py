@@ -110,3 +110,30 @@ def test_generated_sums_stay_shallow_for_large_forms():
     tree = ast.parse(kernel_source("probe", second, (0, 1, 3)))
     deepest = max(depth(statement) for statement in ast.walk(tree) if isinstance(statement, (ast.Assign, ast.Expr)))
     assert deepest <= 2 * SUM_CHUNK + 8  # an outer sum of parenthesised inner sums, plus index arithmetic
+
+
+@pytest.fixture
+def small_kernels(monkeypatch):
+    """Kernels capped at 20 monomials, so that every derivative form splits into per-slot and per-component
+    kernels (contraction.launch_plan) as the l<=3 -> l<=2 second order does at the real cap."""
+    from kernels.triton import contraction as sc
+    monkeypatch.setattr(sc, "MAX_MONOMIALS", 20)
+    sc.launch_plan.cache_clear()
+    yield sc
+    sc.launch_plan.cache_clear()
+
+
+def test_split_kernels_match_reference_to_second_order(small_kernels):
+    sc = small_kernels
+    spec = kernels.ContractionSpec(1, 1, 3)
+    second_order = sc.pullback(sc.pullback(sc.base_form(1, 1, 3), 2), 0)
+    plan = sc.launch_plan(second_order, (0, 1))
+    assert len(plan) >= 3 and any(comps is not None for _, comps in plan)
+    split = [c for part, c in plan if part == (0,)]  # the node slot's components, each written by one kernel
+    assert sorted(i for c in split for i in c) == list(range(spec.dim_in))
+    x, species, w = _inputs(spec)
+    got = _derivatives(T.ops(), spec, x, species, w)
+    want = _derivatives(T.ref(), spec, x, species, w)
+    assert T.rel_err(got[0], want[0]) < 1e-13
+    for a, b in zip(got[1] + got[2], want[1] + want[2]):
+        assert T.rel_err(a, b) < 1e-12
