@@ -106,7 +106,11 @@ class ConvForm(torch.autograd.Function):
                 continue
             T2 = dict(T)
             T2[s] = G.contiguous()
-            vals = ConvForm.apply_form(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
+            if torch.is_grad_enabled():  # create_graph: the derivatives are themselves differentiable
+                vals = ConvForm.apply_form(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
+            else:  # the kernels alone, without a graph node (host time of the small passes)
+                res = _run_form(targets, ctx.graph, ctx.tab, T2)
+                vals = tuple(res[t] for t in targets)
             for t, v in zip(targets, vals):
                 acc[t] = v if t not in acc else acc[t] + v
         return (None, None, None) + tuple(acc.get(s) for s in SLOTS)
@@ -188,7 +192,10 @@ class PolyForm(torch.autograd.Function):
             if G is None or not need:
                 continue
             form2 = _sc.pullback(ctx.form, s)
-            vals = PolyForm.apply_form(form2, need, ctx.plan, *T, G.contiguous())
+            if torch.is_grad_enabled():
+                vals = PolyForm.apply_form(form2, need, ctx.plan, *T, G.contiguous())
+            else:
+                vals = _sc.run_form(form2, need, (*T, G.contiguous()), ctx.plan)
             for t, v in zip(need, vals):
                 acc[t] = v if t not in acc else acc[t] + v
         return (None, None, None) + tuple(acc.get(t) for t in range(len(T)))
