@@ -82,6 +82,36 @@ def node_kernel_source(name: str, terms, KX: int, KY: int, P: int, KO: int) -> s
     return "\n".join(L) + "\n"
 
 
+def _per_edge_index(table):
+    """The CG entries indexed for the per-edge derivatives: by_p p -> (a, o) -> [(b, w)] (for dF/dR) and
+    by_b b -> p -> [(a, o, w)] (for dF/dY)."""
+    by_p: dict = defaultdict(lambda: defaultdict(list))
+    by_b: dict = defaultdict(lambda: defaultdict(list))
+    for a, b, o, p, w in table:
+        by_p[p][(a, o)].append((b, w))
+        by_b[b][p].append((a, o, w))
+    return by_p, by_b
+
+
+def _dR_source(by_p, p) -> str:
+    """dF/dR[e, p, c] = sum w * h[a] * g[o] * Y[b] over the entries of path p, as a [BE, BC] expression."""
+    parts = []
+    for (a, o), bw in sorted(by_p[p].items()):
+        coef = " + ".join(f"{lit(w)} * y{b}" for b, w in bw)
+        parts.append(f"h{a} * g{o} * ({coef})[:, None]")
+    return " + ".join(parts)
+
+
+def _dY_source(by_b, b) -> str:
+    """The channel-resolved summand of dF/dY[e, b] (sum w * R[p] * h[a] * g[o]), a [BE, BC] expression that
+    the kernel reduces over channels."""
+    parts = []
+    for p, aow in sorted(by_b[b].items()):
+        inner = " + ".join(f"{lit(w)} * h{a} * g{o}" for a, o, w in aow)
+        parts.append(f"r{p} * ({inner})")
+    return " + ".join(parts)
+
+
 def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> str:
     """Per-edge kernel: one program per block of BE edges, looping over channel blocks.
 
@@ -89,11 +119,7 @@ def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> s
     (row RECV[e]); Y: [E, KY]; R: [E, P, C]. Writes DY [E, KY] = dF/dY when NEED_Y and
     DR [E, P, C] = dF/dR when NEED_R.
     """
-    by_p: dict = defaultdict(lambda: defaultdict(list))   # p -> (a, o) -> [(b, w)]
-    by_b: dict = defaultdict(lambda: defaultdict(list))   # b -> p -> [(a, o, w)]
-    for a, b, o, p, w in table:
-        by_p[p][(a, o)].append((b, w))
-        by_b[b][p].append((a, o, w))
+    by_p, by_b = _per_edge_index(table)
     used_a = sorted({t[0] for t in table})
     used_b = sorted({t[1] for t in table})
     used_o = sorted({t[2] for t in table})
@@ -125,20 +151,12 @@ def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> s
         L.append(f"        g{o} = tl.load(grow + {o} * C, mask=m2, other=0.0)")
     L.append("        if NEED_R:")
     for p in used_p:
-        parts = []
-        for (a, o), bw in sorted(by_p[p].items()):
-            coef = " + ".join(f"{lit(w)} * y{b}" for b, w in bw)
-            parts.append(f"h{a} * g{o} * ({coef})[:, None]")
-        L.append(f"            tl.store(DR + rrow + {p} * C, {' + '.join(parts)}, mask=m2)")
+        L.append(f"            tl.store(DR + rrow + {p} * C, {_dR_source(by_p, p)}, mask=m2)")
     L.append("        if NEED_Y:")
     for p in used_p:
         L.append(f"            r{p} = tl.load(R + rrow + {p} * C, mask=m2, other=0.0)")
     for b in used_b:
-        parts = []
-        for p, aow in sorted(by_b[b].items()):
-            inner = " + ".join(f"{lit(w)} * h{a} * g{o}" for a, o, w in aow)
-            parts.append(f"r{p} * ({inner})")
-        L.append(f"            dy{b} += tl.reduce({' + '.join(parts)}, 1, _add)")
+        L.append(f"            dy{b} += tl.reduce({_dY_source(by_b, b)}, 1, _add)")
     L.append("    if NEED_Y:")
     for b in range(KY):
         L.append(f"        tl.store(DY + e * {KY} + {b}, dy{b}, mask=em)")
@@ -153,13 +171,10 @@ def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) ->
     DH [N, KH, C] = dF/dh (NEED_H); DR [E, P, C] = dF/dR (NEED_R); DY [NCB, E, KY] = the channel block's
     part of dF/dY (NEED_Y; the launcher sums the NCB blocks in a fixed order).
     """
-    by_hp: dict = defaultdict(lambda: defaultdict(list))  # (a, p) -> o -> [(b, w)]
-    by_p: dict = defaultdict(lambda: defaultdict(list))   # p -> (a, o) -> [(b, w)]
-    by_b: dict = defaultdict(lambda: defaultdict(list))   # b -> p -> [(a, o, w)]
+    by_p, by_b = _per_edge_index(table)
+    by_hp: dict = defaultdict(lambda: defaultdict(list))  # (a, p) -> o -> [(b, w)]  (for dF/dh)
     for a, b, o, p, w in table:
         by_hp[(a, p)][o].append((b, w))
-        by_p[p][(a, o)].append((b, w))
-        by_b[b][p].append((a, o, w))
     used_a = sorted({t[0] for t in table})
     used_b = sorted({t[1] for t in table})
     used_o = sorted({t[2] for t in table})
@@ -204,22 +219,11 @@ def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) ->
         L.append(f"            acc{a} += r{p} * ({' + '.join(parts)})")
     L.append("        if NEED_R:")
     for p in used_p:
-        parts = []
-        for (a, o), bw in sorted(by_p[p].items()):
-            coef = " + ".join(f"{lit(w)} * y{b}" for b, w in bw)
-            parts.append(f"h{a} * g{o} * ({coef})[:, None]")
-        L.append(f"            tl.store(DR + rrow + {p} * C, {' + '.join(parts)}, mask=m2)")
+        L.append(f"            tl.store(DR + rrow + {p} * C, {_dR_source(by_p, p)}, mask=m2)")
     L.append("        if NEED_Y:")
     L.append(f"            dyrow = DY + (cb * E + eid) * {KY}")
     for b in range(KY):
-        if b in by_b:
-            parts = []
-            for p, aow in sorted(by_b[b].items()):
-                inner = " + ".join(f"{lit(w)} * h{a} * g{o}" for a, o, w in aow)
-                parts.append(f"r{p} * ({inner})")
-            val = f"tl.reduce({' + '.join(parts)}, 1, _add)"
-        else:
-            val = "tl.zeros([BE], dt)"
+        val = f"tl.reduce({_dY_source(by_b, b)}, 1, _add)" if b in by_b else "tl.zeros([BE], dt)"
         L.append(f"            tl.store(dyrow + {b}, {val}, mask=em)")
     L.append("    if NEED_H:")
     L.append(f"        orow = DH + node * ({KH} * C) + c")
