@@ -70,7 +70,7 @@ def _sender_kernel(tab: ConvTable):
 def recv_config(C: int) -> tuple[int, int, int]:
     """(BE, BC, num_warps) of the receiver-segment kernel (the forward conv).
 
-    H200 sweep (bench/NOTES.md, v4): two edges per tile and two channels per thread beat the 4 x 32 / 4 warp
+    H200 sweep (bench/NOTES.md, v5): two edges per tile and two channels per thread beat the 4 x 32 / 4 warp
     tile of the other segment kernels: 128 ch l<=1 at 300k edges 0.605 ms with (2, 32, 1) vs 0.716;
     64 ch l<=2 at 150k 0.306 ms with (2, 64, 2) vs 0.402. Fewer threads per edge compute the per-edge
     coupling coefficients (sum_b w Y[e, b]) fewer times over."""
