@@ -1,10 +1,12 @@
-"""Host (Python) time of our conv passes with the Triton launches replaced by no-ops: the part of a small pass's
-time that no kernel can win back. CPU is enough (the interpreter is only imported, never run).
+"""Host time of our conv passes: the part of a small pass's time that no kernel can win back.
 
-    TRITON_INTERPRET=1 python bench/host_time.py
+    TRITON_INTERPRET=1 python bench/host_time.py   # CPU: Triton launches replaced by no-ops
+    python bench/host_time.py --gpu                # GPU: real launches at the 128ch l0 20k bench size
 
 Prints the best of 25 rounds of 300 calls, in us per call, for the forward, the forward+backward, and an
-autograd Function of the same arity that does nothing (the floor of any op called through autograd).
+autograd Function of the same arity that does nothing (the floor of any op called through autograd). The GPU
+mode issues the calls without syncing (host time, as long as the GPU keeps up), then prints the CUDA-event
+median of one call as bench/kernels.py times it, and the Python functions that take the host time (cProfile).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
 from kernels.triton import conv as triton_conv  # noqa: E402
+from kernels.triton.launch import launch  # noqa: E402
 
 
 class _NoLaunch:
@@ -30,7 +33,7 @@ class _Noop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, Y, R):
         ctx.shapes = h, Y, R
-        return torch.empty(h.shape[0], 16, h.shape[2])
+        return torch.empty(h.shape[0], 16, h.shape[2], device=h.device)
 
     @staticmethod
     def backward(ctx, g):
@@ -49,17 +52,46 @@ def best_us(fn, rounds=25, calls=300):
     return best
 
 
+def event_ms(fn, rep=200):
+    """CUDA-event median of one call, synced after each (as bench/kernels.py times a pass)."""
+    ts = []
+    for _ in range(rep):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return sorted(ts)[rep // 2]
+
+
+def host_profile(fn, calls=300, rows=22):
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
+
+
 def main():
-    for name in ("_recv_kernel", "_send_kernel", "_edge_kernel", "_sender_kernel"):
-        setattr(triton_conv, name, lambda tab: _NoLaunch())
+    gpu = "--gpu" in sys.argv
+    if not gpu:
+        for name in ("_recv_kernel", "_send_kernel", "_edge_kernel", "_sender_kernel"):
+            setattr(triton_conv, name, lambda tab: _NoLaunch())
     ops = kernels.get_ops("triton")
-    spec = kernels.ConvSpec(0, 3, 3)  # the 128ch l0 benchmark config, at 100 nodes x 20 neighbours
-    n, k, C = 100, 20, 128
-    graph = kernels.make_graph(torch.randint(0, n, (n * k,)), torch.arange(n).repeat_interleave(k), n)
-    h = torch.zeros(n, spec.dim_in, C, requires_grad=True)
-    Y = torch.zeros(n * k, spec.dim_sh, requires_grad=True)
-    R = torch.zeros(n * k, spec.num_paths, C, requires_grad=True)
-    g = torch.zeros(n, spec.dim_out, C)
+    spec = kernels.ConvSpec(0, 3, 3)  # the 128ch l0 benchmark config: 1000 nodes (100 on CPU) x 20 neighbours
+    n, k, C = (1000 if gpu else 100), 20, 128
+    dev = torch.device("cuda" if gpu else "cpu")
+    graph = kernels.make_graph(torch.randint(0, n, (n * k,), device=dev),
+                               torch.arange(n, device=dev).repeat_interleave(k), n)
+    h = torch.randn(n, spec.dim_in, C, device=dev, requires_grad=True)
+    Y = torch.randn(n * k, spec.dim_sh, device=dev, requires_grad=True)
+    R = torch.randn(n * k, spec.num_paths, C, device=dev, requires_grad=True)
+    g = torch.randn(n, spec.dim_out, C, device=dev)
 
     def fwd():
         with torch.no_grad():
@@ -71,8 +103,23 @@ def main():
     def floor():
         torch.autograd.grad(_Noop.apply(h, Y, R), [h, Y, R], g)
 
-    for fn in (fwd, fwdbwd, floor):
-        print(f"{fn.__name__:<7} {best_us(fn):7.1f} us per call")
+    def torch_mul():  # a plain torch op of the same arity through autograd, for scale
+        torch.autograd.grad(h * 2 + Y.sum() + R.sum(), [h, Y, R], g)
+
+    def report(fns, tag=""):
+        for fn in fns:
+            line = f"{fn.__name__ + tag:<14} {best_us(fn):7.1f} us per call"
+            if gpu:
+                torch.cuda.synchronize()
+                line += f"   event median {event_ms(fn) * 1e3:7.1f} us"
+            print(line, flush=True)
+
+    report((fwd, fwdbwd, floor) + ((torch_mul,) if gpu else ()))
+    if gpu:  # the same passes with every launch through JITFunction.run (kernels/triton/launch.py's fallback)
+        triton_conv.launch = lambda kernel, grid, *args, **meta: kernel[grid](*args, **meta)
+        report((fwd, fwdbwd), " (jit)")
+        triton_conv.launch = launch
+        host_profile(fwdbwd)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Kernel benchmark on one GPU: our Triton ops and the peers (bench/peers.py) side by side, one process.
 
-    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I] [--pass=P[,P]] [--warm] [--sweep] [--profile]
+    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I[,I]] [--pass=P[,P]] [--warm] [--sweep] [--profile]
     python bench/kernels.py --combine results/a.json results/b.json ...   (table of saved runs, later wins)
-    python bench/kernels.py --sweep-warm-jobs   (the commands that compile what --sweep runs, one per line)
+    python bench/kernels.py --sweep-warm-jobs [--sweep=VAR,..] [--cfg=I,..]   (the commands that compile what
+        --sweep runs, one per line; --sweep=VAR,.. sweeps only those knobs, --cfg=I,.. only those configs)
 
 --warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
 fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
@@ -32,6 +33,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import kernels  # noqa: E402
+from kernels.triton import conv as triton_conv  # noqa: E402
 
 
 def _peers():
@@ -60,7 +62,7 @@ OPTS = {"cfg": None, "pass": None, "warm": False, "profile": False}
 
 def _select(cfgs, quick):
     if OPTS["cfg"] is not None:
-        return [cfgs[OPTS["cfg"]]]
+        return [cfgs[i] for i in OPTS["cfg"]]
     return cfgs[:1] if quick else cfgs
 
 
@@ -77,6 +79,7 @@ def _measure(r, pairs, timer, floor):
         if OPTS["warm"]:
             continue
         r[p] = timer(fn)
+        r[p + "_gpu"] = gpu_ms(fn)
         r[p + "_peak_MiB"] = peak_mib(fn)
         r[p + "_floor_MB"] = floor[p] / 1e6
         r[p + "_GBps"] = floor[p] / 1e6 / r[p]
@@ -93,6 +96,17 @@ def profile(fn, title, runs=5):
         torch.cuda.synchronize()
     print(f"--- profile: {title} ({runs} runs)")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+def gpu_ms(fn, runs=10):
+    """GPU time of one call: the sum of its kernels' times (torch.profiler), without the host time between
+    launches that the CUDA-event time of a small pass is made of."""
+    from torch.profiler import ProfilerActivity
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / runs / 1e3
 
 
 def med_ms(fn, warm=10, rep=40):
@@ -235,34 +249,42 @@ def bench_sc(ops, peers_on, timer, quick):
     return rows
 
 
-SWEEP = {  # tuning knobs read by kernels/triton/conv.py at each call, and the values tried
+SWEEP = {  # tuning knobs of kernels/triton/conv.py (knob(), cleared after each change), and the values tried
     "TUMBLER_CONV_RECV_CFG": ["4,32,4", "2,32,1", "2,64,2", "2,64,4"],
-    "TUMBLER_CONV_NODE_CFG": ["8,32,4", "4,32,4", "4,64,4", "2,64,4", "2,32,2", "16,32,8"],
+    "TUMBLER_CONV_NODE_CFG": ["8,32,4", "4,32,4", "4,64,4", "2,64,4", "2,32,2", "16,32,8", "2,128,4", "4,128,8"],
     "TUMBLER_CONV_EDGE_CFG": ["8,32,8", "4,32,4", "4,64,8", "2,128,8"],
     "TUMBLER_CONV_STAGES": ["1", "2", "4"],
     "TUMBLER_CONV_SENDER": ["off", "noY"],
 }
 
 
-def sweep(ops, timer, cfgs=range(len(CONV))):
+def _sweep_knobs(argv) -> dict:
+    """SWEEP, or the knobs named by --sweep=VAR[,VAR]."""
+    named = [a[len("--sweep="):].split(",") for a in argv if a.startswith("--sweep=")]
+    return {k: v for k, v in SWEEP.items() if not named or k in named[0]}
+
+
+def sweep(ops, timer, cfgs, knobs):
     """Each knob's values on each conv config, one knob at a time (the others at their defaults)."""
     rows = []
-    for var, cands in SWEEP.items():
+    for var, cands in knobs.items():
         for cand in cands:
             os.environ[var] = cand
+            triton_conv.knob.cache_clear()
             for c in cfgs:
-                OPTS["cfg"] = c
+                OPTS["cfg"] = [c]
                 for r in bench_conv(ops, [], timer, False):
                     rows.append(dict(op="sweep", cfg=r["cfg"], var=var, value=cand,
-                                     **{k: r[k] for k in ("fwd", "fwdbwd", "dbl") if k in r}))
+                                     **{k: r[k] for p in ("fwd", "fwdbwd", "dbl") for k in (p, p + "_gpu") if k in r}))
             del os.environ[var]
+            triton_conv.knob.cache_clear()
     OPTS["cfg"] = None
     return rows
 
 
 def table(rows) -> str:
     """One line per (op, cfg, pass): ours, best peer, ratio (peer/ours: > 1 means we are faster), memory."""
-    out = [f"{'op':<8} {'config':<22} {'pass':<7} {'ours ms':>9} {'best peer':>16} {'x faster':>8} "
+    out = [f"{'op':<8} {'config':<22} {'pass':<7} {'ours ms':>9} {'GPU ms':>7} {'best peer':>16} {'x faster':>8} "
            f"{'our MiB':>8} {'peer MiB':>8} {'floor MB':>9} {'GB/s':>7}"]
     keys = []
     for r in rows:
@@ -281,7 +303,8 @@ def table(rows) -> str:
             bp = f"{best[p]:.3f} {best['backend']}" if best else "-"
             ratio = f"{best[p] / ours[p]:.2f}" if best else "-"
             pm = f"{best.get(p + '_peak_MiB', float('nan')):.0f}" if best else "-"
-            out.append(f"{op[:8]:<8} {cfg:<22} {p:<7} {ours[p]:>9.3f} {bp:>16} {ratio:>8} "
+            out.append(f"{op[:8]:<8} {cfg:<22} {p:<7} {ours[p]:>9.3f} {ours.get(p + '_gpu', float('nan')):>7.3f} "
+                       f"{bp:>16} {ratio:>8} "
                        f"{ours.get(p + '_peak_MiB', float('nan')):>8.0f} {pm:>8} "
                        f"{ours.get(p + '_floor_MB', float('nan')):>9.1f} {ours.get(p + '_GBps', float('nan')):>7.0f}")
     return "\n".join(out)
@@ -305,14 +328,15 @@ def main(argv):
         print(combine(argv[1:]))
         return
     if argv and argv[0] == "--sweep-warm-jobs":  # one command per knob value and config, to run in parallel
+        cfgs = [int(i) for a in argv if a.startswith("--cfg=") for i in a[6:].split(",")] or range(len(CONV))
         print("\n".join(f"{var}={v} python3 bench/kernels.py conv --cfg={c} --warm"
-                        for var, vals in SWEEP.items() for v in vals for c in range(len(CONV))))
+                        for var, vals in _sweep_knobs(argv).items() for v in vals for c in cfgs))
         return
     parts = [a for a in argv if not a.startswith("--")] or ["sh", "conv", "sc"]
     quick = "--quick" in argv
     for a in argv:
         if a.startswith("--cfg="):
-            OPTS["cfg"] = int(a[6:])
+            OPTS["cfg"] = [int(i) for i in a[6:].split(",")]
         if a.startswith("--pass="):
             OPTS["pass"] = a[7:]
     OPTS["warm"] = "--warm" in argv
@@ -329,10 +353,12 @@ def main(argv):
            "triton": __import__("triton").__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()[:26] + "Z",
            "peers": info, "rows": []}
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
-    if "--sweep" in argv:
-        res["rows"] += sweep(ops, lambda fn: med_ms(fn, warm=5, rep=20))
+    if any(a.split("=")[0] == "--sweep" for a in argv):
+        cfgs = range(len(CONV)) if OPTS["cfg"] is None else OPTS["cfg"]
+        res["rows"] += sweep(ops, lambda fn: med_ms(fn, warm=5, rep=20), cfgs, _sweep_knobs(argv))
         print("\n".join(f"sweep {r['cfg']:<16} {r['var']:<22} {r['value']:<9} "
-                        + " ".join(f"{p} {r.get(p, float('nan')):.3f}" for p in ("fwd", "fwdbwd", "dbl"))
+                        + " ".join(f"{p} {r.get(p, float('nan')):.3f} (GPU {r.get(p + '_gpu', float('nan')):.3f})"
+                                   for p in ("fwd", "fwdbwd", "dbl"))
                         for r in res["rows"] if r["op"] == "sweep"))
         parts = []
     for part, fn in (("sh", bench_sh), ("conv", bench_conv), ("sc", bench_sc)):

@@ -3,6 +3,7 @@
 # sweep and the GPU tests. Usage (repo root, on the GPU machine), logs and JSON to $OUT:
 #   PEERS=cueq,oeq bash bench/run_gpu.sh            # everything, ours and the peers
 #   PARTS="sh conv" NO_PEERS=1 SWEEP=1 NO_TESTS=1 bash bench/run_gpu.sh
+#   SWEEP=1 SWEEP_ARGS="--sweep=TUMBLER_CONV_NODE_CFG --cfg=0,1,2" ...   (some knobs, some configs)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 TRITON_CACHE_DIR=/tmp/tc
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tc
@@ -21,7 +22,7 @@ for part in $PARTS; do
     sh) jobs+=("python3 bench/kernels.py sh --cfg=0 --warm") ;;
   esac
 done
-if [ -n "${SWEEP:-}" ]; then mapfile -t -O ${#jobs[@]} jobs < <(python3 bench/kernels.py --sweep-warm-jobs); fi
+if [ -n "${SWEEP:-}" ]; then mapfile -t -O ${#jobs[@]} jobs < <(python3 bench/kernels.py --sweep-warm-jobs ${SWEEP_ARGS:-}); fi
 if [ -n "${QUICK_TESTS:-}" ]; then jobs+=("python3 -m pytest $QUICK_TESTS -q -p no:cacheprovider > $OUT/quick_tests.log 2>&1; echo quick tests rc \$? >> $OUT/quick_tests.log"); fi
 printf '%s\n' "${jobs[@]}" | timeout ${WARM_S:-200} xargs -P 14 -I{} sh -c '{}' > "$OUT/warm.log" 2>&1
 echo "warm stage: $(( $(date +%s) - T0 )) s"; grep -i "error\|Traceback" "$OUT/warm.log" | head -5
@@ -33,7 +34,7 @@ PYTHONPATH=/tmp/peers TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout ${BENCH_S:-220}
   | grep -v "Warning\|warn(" | tee "$OUT/bench.log" | tail -40
 echo "bench done: $(( $(date +%s) - T0 )) s"
 if [ -n "${SWEEP:-}" ]; then
-  timeout ${SWEEP_S:-150} python3 bench/kernels.py --sweep 2>&1 | grep "^sweep" | tee "$OUT/sweep.log"
+  timeout ${SWEEP_S:-150} python3 bench/kernels.py --sweep ${SWEEP_ARGS:-} 2>&1 | grep "^sweep" | tee "$OUT/sweep.log"
   echo "sweep done: $(( $(date +%s) - T0 )) s"
 fi
 # 3. GPU tests at real sizes, with what time is left

@@ -32,9 +32,10 @@ SLOTS = ("h", "Y", "R", "g")
 
 
 def _tracked(t):
-    """t, or a view of it if it is a leaf that requires grad. `used_slots` asks the engine whether it will
-    run the node behind each input, and the engine cannot answer that for a leaf inside autograd.grad();
-    a view puts a node of its own in front of the leaf (no copy, no kernel)."""
+    """t, or a view of it if it is a leaf that requires grad: a view puts a node of its own in front of the
+    leaf (no copy, no kernel), and `used_slots` can ask the engine about that node. PolyForm uses it for the
+    contraction's weights (parameters, whose gradient the force pass does not use); the conv's inputs are
+    computed tensors in the model, and a view costs host time in the small passes."""
     return t.view_as(t) if t is not None and t.requires_grad and t.grad_fn is None else t
 
 
@@ -44,16 +45,21 @@ def used_slots(ctx, slots) -> tuple:
     autograd.grad(E, positions) runs none of the weight branches, so their gradients are skipped here.
     ctx.next_functions lists the forward's tensor inputs in order (None inputs have no entry)."""
     nodes = iter(ctx.next_functions)
-    used = []
-    for t in slots:
-        node = next(nodes)[0] if t is not None else None
-        used.append(node is not None and (_WILL_RUN is None or _WILL_RUN(node)))
-    return tuple(used)
+    return tuple(t is not None and _will_run(next(nodes)[0]) for t in slots)
 
 
-# the engine's own query (torch.autograd.graph.register_multi_grad_hook uses it); without it, every input that
-# requires grad gets its gradient
+def _will_run(node) -> bool:
+    """The engine's own query (torch.autograd.graph.register_multi_grad_hook uses it). Inside autograd.grad it
+    cannot answer for a leaf (it raises, and the raise costs more host time than the small passes' kernels),
+    so a leaf's gradient counts as used; `_tracked` gives the leaves where this matters a node to ask about.
+    Without the query, every input that requires grad gets its gradient."""
+    if node is None:
+        return False
+    return _WILL_RUN is None or isinstance(node, _LEAF) or _WILL_RUN(node)
+
+
 _WILL_RUN = getattr(torch._C, "_will_engine_execute_node", None)
+_LEAF = torch._C._functions.AccumulateGrad
 
 
 def _run_form(outs, graph, tab, T):
@@ -88,10 +94,6 @@ class ConvForm(torch.autograd.Function):
         return tuple(res[s] for s in outs)
 
     @staticmethod
-    def apply_form(outs, graph, tab, h, Y, R, g):
-        return ConvForm.apply(outs, graph, tab, *map(_tracked, (h, Y, R, g)))
-
-    @staticmethod
     def backward(ctx, *grads):
         saved = ctx.saved_tensors  # unpacked once: torch.utils.checkpoint (the chunked step) allows no second unpack
         T = dict(zip(SLOTS, saved))
@@ -107,7 +109,7 @@ class ConvForm(torch.autograd.Function):
             T2 = dict(T)
             T2[s] = G.contiguous()
             if torch.is_grad_enabled():  # create_graph: the derivatives are themselves differentiable
-                vals = ConvForm.apply_form(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
+                vals = ConvForm.apply(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
             else:  # the kernels alone, without a graph node (host time of the small passes)
                 res = _run_form(targets, ctx.graph, ctx.tab, T2)
                 vals = tuple(res[t] for t in targets)
@@ -120,7 +122,7 @@ def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     """Autograd-enabled conv: [N,K_in,C], [E,K_sh], [E,P,C] -> [N,K_out,C] (CONTRACT kernels)."""
     tab = _conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
     dt = node_feats.dtype
-    (out,) = ConvForm.apply_form(("g",), graph, tab, node_feats, edge_sh.to(dt), edge_weights.to(dt), None)
+    (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh.to(dt), edge_weights.to(dt), None)
     return out
 
 
@@ -180,10 +182,6 @@ class PolyForm(torch.autograd.Function):
         return _sc.run_form(form, outs, tensors, plan)
 
     @staticmethod
-    def apply_form(form, outs, plan, *tensors):
-        return PolyForm.apply(form, outs, plan, *map(_tracked, tensors))
-
-    @staticmethod
     def backward(ctx, *grads):
         T = ctx.saved_tensors
         need = tuple(t for t, n in enumerate(used_slots(ctx, T)) if n)
@@ -193,7 +191,7 @@ class PolyForm(torch.autograd.Function):
                 continue
             form2 = _sc.pullback(ctx.form, s)
             if torch.is_grad_enabled():
-                vals = PolyForm.apply_form(form2, need, ctx.plan, *T, G.contiguous())
+                vals = PolyForm.apply(form2, need, ctx.plan, *map(_tracked, T), _tracked(G.contiguous()))
             else:
                 vals = _sc.run_form(form2, need, (*T, G.contiguous()), ctx.plan)
             for t, v in zip(need, vals):
@@ -216,5 +214,5 @@ def planned_contraction(node_feats, weights, spec, plan):
     """The contraction with a species plan made beforehand (kernels/triton/contraction.py make_plan): no host
     reads, so it can be captured in a CUDA graph (kernels/fixed_species.py)."""
     form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
-    (out,) = PolyForm.apply_form(form, (2,), plan, node_feats, weights.to(node_feats.dtype), None)
+    (out,) = PolyForm.apply(form, (2,), plan, _tracked(node_feats), _tracked(weights.to(node_feats.dtype)), None)
     return out

@@ -8,13 +8,13 @@ the contraction is dF/dg. `run_form(form, outs, tensors, plan)` evaluates dF/ds 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
 from .codegen import load_source, next_pow2
+from .launch import knob, launch
 from .poly import Form, contraction_form, kernel_source
 
 
@@ -83,7 +83,7 @@ class Plan:
 
 def tile_config(C: int) -> tuple[int, int, int, int]:
     """(NB nodes per tile, BC channels per tile, CH nodes per chunk, num_warps)."""
-    env = os.environ.get("TUMBLER_SC_CFG")
+    env = knob("TUMBLER_SC_CFG")
     if env:
         nb, bc, ch, nw = (int(v) for v in env.split(","))
         return nb, min(bc, next_pow2(C)), ch, nw
@@ -123,8 +123,8 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
         ins = [t.contiguous() if t is not None else ref for t in tensors]
         grid = (S, plan.nchunk, -(-C // bc))
         for part, comps in launch_plan(form, tuple(outs)):
-            _kernel(form, part, comps)[grid](*ins, *(kargs[outs.index(s)] for s in part), plan.perm, plan.ptr,
-                                             plan.nchunk, C, CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
+            launch(_kernel(form, part, comps), grid, *ins, *(kargs[outs.index(s)] for s in part), plan.perm,
+                   plan.ptr, plan.nchunk, C, CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
     final = []
     for s, r in zip(outs, results):
         if form.slots[s][0] == "weight":

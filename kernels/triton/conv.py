@@ -10,7 +10,6 @@ form (conv_codegen.py); conv_sender fuses conv_send with conv_edge for backward 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -18,6 +17,7 @@ import torch
 
 from .codegen import cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
+from .launch import knob, launch
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ def _sender_kernel(tab: ConvTable):
     return load_source(sender_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
 
 
+def _tile(env: str, C: int):
+    be, bc, nw = (int(x) for x in env.split(","))
+    return be, min(bc, next_pow2(C)), nw
+
+
 def recv_config(C: int) -> tuple[int, int, int]:
     """(BE, BC, num_warps) of the receiver-segment kernel (the forward conv).
 
@@ -74,10 +79,8 @@ def recv_config(C: int) -> tuple[int, int, int]:
     tile of the other segment kernels: 128 ch l<=1 at 300k edges 0.605 ms with (2, 32, 1) vs 0.716;
     64 ch l<=2 at 150k 0.306 ms with (2, 64, 2) vs 0.402. Fewer threads per edge compute the per-edge
     coupling coefficients (sum_b w Y[e, b]) fewer times over."""
-    env = os.environ.get("TUMBLER_CONV_RECV_CFG")
-    if env:
-        be, bc, nw = (int(x) for x in env.split(","))
-        return be, min(bc, next_pow2(C)), nw
+    if knob("TUMBLER_CONV_RECV_CFG"):
+        return _tile(knob("TUMBLER_CONV_RECV_CFG"), C)
     bc = 32 if C >= 128 else min(next_pow2(C), 64)
     return 2, bc, max(1, 2 * bc // 64)
 
@@ -88,33 +91,29 @@ def node_config(C: int, K: int) -> tuple[int, int, int]:
     Chosen from sm_90 register reports (bench/compile_report.py) and an H200 sweep (bench/NOTES.md):
     one tile element per thread (4 edges x 32 channels, 4 warps) keeps the K accumulators and the
     gathered components in registers and was fastest or within noise on every swept config."""
-    env = os.environ.get("TUMBLER_CONV_NODE_CFG")
-    if env:
-        be, bc, nw = (int(x) for x in env.split(","))
-        return be, min(bc, next_pow2(C)), nw
+    if knob("TUMBLER_CONV_NODE_CFG"):
+        return _tile(knob("TUMBLER_CONV_NODE_CFG"), C)
     bc = min(next_pow2(C), 32)
     return 4, bc, max(1, min(4, 4 * bc // 32))
 
 
 def _stages() -> int:
     """Software-pipelining depth of the segment loops (Triton's num_stages; 3 is its default)."""
-    return int(os.environ.get("TUMBLER_CONV_STAGES", "3"))
+    return int(knob("TUMBLER_CONV_STAGES", "3"))
 
 
 def fuse_sender(need_Y: bool) -> bool:
     """Whether a backward that needs dh with dY/dR takes the fused sender pass (conv_sender) or the
     separate conv_send and conv_edge. TUMBLER_CONV_SENDER: all | noY | off."""
-    mode = os.environ.get("TUMBLER_CONV_SENDER", "all")
+    mode = knob("TUMBLER_CONV_SENDER", "all")
     return mode == "all" or (mode == "noY" and not need_Y)
 
 
 def edge_config(C: int, K: int) -> tuple[int, int, int]:
     """(edges per tile, channels per tile, num_warps) for the per-edge kernel: one tile element per
     thread (it holds h, g, R and Y of an edge at once; K = max(K_in, K_out))."""
-    env = os.environ.get("TUMBLER_CONV_EDGE_CFG")
-    if env:
-        be, bc, nw = (int(x) for x in env.split(","))
-        return be, min(bc, next_pow2(C)), nw
+    if knob("TUMBLER_CONV_EDGE_CFG"):
+        return _tile(knob("TUMBLER_CONV_EDGE_CFG"), C)
     bc = min(next_pow2(C), 32)
     return 4, bc, max(1, min(4, 4 * bc // 32))
 
@@ -136,8 +135,8 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
         return out
     be, bc, nw = recv_config(C)
     grid = (N, cdiv(C, bc))
-    _recv_kernel(tab)[grid](h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr,
-                            graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
+    launch(_recv_kernel(tab), grid, h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr,
+           graph.recv_ptr, graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
     return out
 
 
@@ -150,8 +149,8 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
         return out
     be, bc, nw = node_config(C, tab.K_out)
     grid = (N, cdiv(C, bc))
-    _send_kernel(tab)[grid](g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr, graph.send_perm,
-                            graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
+    launch(_send_kernel(tab), grid, g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr,
+           graph.send_perm, graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
     return out
 
 
@@ -168,10 +167,10 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         return (dY.zero_() if need_Y else None), dR
     be, bc, nw = edge_config(C, max(tab.K_in, tab.K_out))
     dummy = h
-    _edge_kernel(tab)[(cdiv(E, be),)](
-        h.contiguous(), g.contiguous(), Y.contiguous() if need_R else dummy, R.contiguous() if need_Y else dummy,
-        dY if need_Y else dummy, dR if need_R else dummy, graph.senders, graph.receivers, E, C,
-        BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+    launch(
+        _edge_kernel(tab), (cdiv(E, be),), h.contiguous(), g.contiguous(), Y.contiguous() if need_R else dummy,
+        R.contiguous() if need_Y else dummy, dY if need_Y else dummy, dR if need_R else dummy, graph.senders,
+        graph.receivers, E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
     return dY, dR
 
 
@@ -190,9 +189,9 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     be, bc, nw = node_config(C, tab.K_out)
     ncb = cdiv(C, bc)
     dY_parts = torch.empty(ncb, E, tab.K_sh, dtype=dt, device=dev) if need_Y else None
-    _sender_kernel(tab)[(N, ncb)](
-        h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh, dY_parts if need_Y else dh,
-        dR if need_R else dh, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
+    launch(
+        _sender_kernel(tab), (N, ncb), h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh,
+        dY_parts if need_Y else dh, dR if need_R else dh, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
         BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
     dY = (dY_parts[0] if ncb == 1 else dY_parts.sum(0)) if need_Y else None
     return dh, dY, dR

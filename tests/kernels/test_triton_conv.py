@@ -109,7 +109,8 @@ def test_float32_error_bound_and_determinism():
 def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
     """autograd.grad(E, Y) needs dE/dY only: no sender-segment pass for dh and no dR, though h and w
     require grad (the force pass of training); the following backward to (h, w) is one fused sender pass,
-    and exact."""
+    and exact. h and w are computed tensors, as in the model (a leaf input's gradient always counts as used:
+    kernels/autograd.py _will_run)."""
     from kernels.triton import conv as triton_conv
     spec = kernels.ConvSpec(1, 2, 1)
     h, y, w, graph = _inputs(spec)
@@ -119,7 +120,7 @@ def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
         monkeypatch.setattr(triton_conv, name, lambda *a, _real=real, _n=name, **k: calls.append((_n, a[-2:])) or _real(*a, **k))
 
     def force_train(ops):
-        out = ops.edge_conv(h, y, w, graph, spec)
+        out = ops.edge_conv(h * 1.0, y, w * 1.0, graph, spec)
         g = T.randn(*out.shape, seed=11, dtype=out.dtype)
         (dy,) = torch.autograd.grad(out, y, g, create_graph=True)
         return dy, torch.autograd.grad((dy * dy).sum(), (h, w))
@@ -134,11 +135,14 @@ def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["all", "noY", "off"])
-def test_sender_pass_with_several_channel_blocks(mode, monkeypatch):
+def test_sender_pass_with_several_channel_blocks(mode, monkeypatch, request):
     """The fused sender pass sums dY over channel blocks (37 channels: two blocks of 32); each block's part
     is written separately and summed in a fixed order, so it matches the reference and repeats bitwise.
     The same holds with the fused pass used only without dY, or not at all (TUMBLER_CONV_SENDER)."""
+    from kernels.triton import conv as triton_conv
     monkeypatch.setenv("TUMBLER_CONV_SENDER", mode)
+    triton_conv.knob.cache_clear()  # knobs are read once per process
+    request.addfinalizer(triton_conv.knob.cache_clear)
     spec = kernels.ConvSpec(1, 2, 2)
     graph = T.random_graph(7, 19, seed=5, isolated=1)
     h = T.randn(7, spec.dim_in, 37, seed=1, requires_grad=True)
