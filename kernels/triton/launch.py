@@ -34,7 +34,7 @@ def launch(kernel, grid: tuple, *args, **meta):
     hit = _COMPILED.get(key, False)
     if hit:
         compiled, constexprs = hit
-        compiled[grid](*args, *constexprs)
+        compiled[grid + (1,) * (3 - len(grid))](*args, *constexprs)  # the compiled kernel takes a 3-d grid
         return
     compiled = kernel[grid](*args, **meta)
     if hit is None:
