@@ -104,7 +104,7 @@ def main():
         torch.autograd.grad(_Noop.apply(h, Y, R), [h, Y, R], g)
 
     def torch_mul():  # a plain torch op of the same arity through autograd, for scale
-        torch.autograd.grad(h * 2 + Y.sum() + R.sum(), [h, Y, R], g)
+        torch.autograd.grad((h * 2).sum() + Y.sum() + R.sum(), [h, Y, R])
 
     def report(fns, tag=""):
         for fn in fns:

@@ -49,13 +49,22 @@ def used_slots(ctx, slots) -> tuple:
 
 
 def _will_run(node) -> bool:
-    """The engine's own query (torch.autograd.graph.register_multi_grad_hook uses it). Inside autograd.grad it
-    cannot answer for a leaf (it raises, and the raise costs more host time than the small passes' kernels),
-    so a leaf's gradient counts as used; `_tracked` gives the leaves where this matters a node to ask about.
-    Without the query, every input that requires grad gets its gradient."""
+    """The engine's own query (torch.autograd.graph.register_multi_grad_hook uses it). Without it, every input
+    that requires grad gets its gradient. Inside autograd.grad the engine cannot answer for a leaf that is one
+    of the requested inputs: it raises, and the raise costs more host time than a small pass's kernels. So a
+    leaf is asked about only in a backward that builds a graph (the force pass, where an unused gradient of a
+    leaf would cost a whole sender pass); in a plain backward its gradient counts as used. `_tracked` gives
+    the contraction's weights a node of their own instead."""
     if node is None:
         return False
-    return _WILL_RUN is None or isinstance(node, _LEAF) or _WILL_RUN(node)
+    if _WILL_RUN is None:
+        return True
+    if isinstance(node, _LEAF) and not torch.is_grad_enabled():
+        return True
+    try:
+        return _WILL_RUN(node)
+    except RuntimeError:  # a requested leaf inside autograd.grad
+        return True
 
 
 _WILL_RUN = getattr(torch._C, "_will_engine_execute_node", None)

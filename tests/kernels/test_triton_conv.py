@@ -109,8 +109,7 @@ def test_float32_error_bound_and_determinism():
 def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
     """autograd.grad(E, Y) needs dE/dY only: no sender-segment pass for dh and no dR, though h and w
     require grad (the force pass of training); the following backward to (h, w) is one fused sender pass,
-    and exact. h and w are computed tensors, as in the model (a leaf input's gradient always counts as used:
-    kernels/autograd.py _will_run)."""
+    and exact."""
     from kernels.triton import conv as triton_conv
     spec = kernels.ConvSpec(1, 2, 1)
     h, y, w, graph = _inputs(spec)
@@ -120,7 +119,7 @@ def test_force_pass_runs_only_the_kernels_it_needs(monkeypatch):
         monkeypatch.setattr(triton_conv, name, lambda *a, _real=real, _n=name, **k: calls.append((_n, a[-2:])) or _real(*a, **k))
 
     def force_train(ops):
-        out = ops.edge_conv(h * 1.0, y, w * 1.0, graph, spec)
+        out = ops.edge_conv(h, y, w, graph, spec)
         g = T.randn(*out.shape, seed=11, dtype=out.dtype)
         (dy,) = torch.autograd.grad(out, y, g, create_graph=True)
         return dy, torch.autograd.grad((dy * dy).sum(), (h, w))
