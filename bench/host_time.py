@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kernels  # noqa: E402
 from kernels.triton import conv as triton_conv  # noqa: E402
-from kernels.triton.launch import launch  # noqa: E402
 
 
 class _NoLaunch:
@@ -115,10 +114,7 @@ def main():
             print(line, flush=True)
 
     report((fwd, fwdbwd, floor) + ((torch_mul,) if gpu else ()))
-    if gpu:  # the same passes with every launch through JITFunction.run (kernels/triton/launch.py's fallback)
-        triton_conv.launch = lambda kernel, grid, *args, **meta: kernel[grid](*args, **meta)
-        report((fwd, fwdbwd), " (jit)")
-        triton_conv.launch = launch
+    if gpu:
         host_profile(fwdbwd)
 
 

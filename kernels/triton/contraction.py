@@ -14,8 +14,8 @@ from functools import lru_cache
 import torch
 
 from .codegen import load_source, next_pow2
-from .launch import knob, launch
 from .poly import Form, contraction_form, kernel_source
+from .tuning import knob
 
 
 @lru_cache(maxsize=None)
@@ -123,8 +123,8 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
         ins = [t.contiguous() if t is not None else ref for t in tensors]
         grid = (S, plan.nchunk, -(-C // bc))
         for part, comps in launch_plan(form, tuple(outs)):
-            launch(_kernel(form, part, comps), grid, *ins, *(kargs[outs.index(s)] for s in part), plan.perm,
-                   plan.ptr, plan.nchunk, C, CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
+            _kernel(form, part, comps)[grid](*ins, *(kargs[outs.index(s)] for s in part), plan.perm, plan.ptr,
+                                             plan.nchunk, C, CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
     final = []
     for s, r in zip(outs, results):
         if form.slots[s][0] == "weight":

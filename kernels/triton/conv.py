@@ -17,7 +17,7 @@ import torch
 
 from .codegen import cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
-from .launch import knob, launch
+from .tuning import knob
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,21 @@ def recv_config(C: int) -> tuple[int, int, int]:
     return 2, bc, max(1, 2 * bc // 64)
 
 
-def node_config(C: int, K: int) -> tuple[int, int, int]:
-    """(edges per tile BE, channels per tile BC, num_warps) for the segment kernels.
+def node_config(C: int, K_acc: int) -> tuple[int, int, int]:
+    """(edges per tile BE, channels per tile BC, num_warps) for the sender-segment kernels, which accumulate
+    K_acc = K_in components per node.
 
-    Chosen from sm_90 register reports (bench/compile_report.py) and an H200 sweep (bench/NOTES.md):
+    Chosen from sm_90 register reports (bench/compile_report.py) and H200 sweeps (bench/NOTES.md):
     one tile element per thread (4 edges x 32 channels, 4 warps) keeps the K accumulators and the
-    gathered components in registers and was fastest or within noise on every swept config."""
+    gathered components in registers and was fastest or within noise on every swept config but one.
+    With a single accumulated component (an l=0 input, the first layer) a program's work per edge is small
+    and its serial walk over the segment is what it waits on: 8 edges per tile took the 128 ch l0 fwd+bwd
+    at 20k edges from 0.119 to 0.090 ms of GPU time and force-train from 0.322 to 0.277 (v6); the same tile
+    took 32 ch l<=3 from 0.160 to 0.334 ms (16 input components live per edge)."""
     if knob("TUMBLER_CONV_NODE_CFG"):
         return _tile(knob("TUMBLER_CONV_NODE_CFG"), C)
     bc = min(next_pow2(C), 32)
-    return 4, bc, max(1, min(4, 4 * bc // 32))
+    return (8 if K_acc == 1 else 4), bc, max(1, min(4, 4 * bc // 32))
 
 
 def _stages() -> int:
@@ -135,8 +140,8 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
         return out
     be, bc, nw = recv_config(C)
     grid = (N, cdiv(C, bc))
-    launch(_recv_kernel(tab), grid, h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr,
-           graph.recv_ptr, graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
+    _recv_kernel(tab)[grid](h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr,
+                            graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
     return out
 
 
@@ -147,10 +152,10 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     out = torch.empty(N, tab.K_in, C, dtype=g.dtype, device=g.device)
     if N == 0 or C == 0:
         return out
-    be, bc, nw = node_config(C, tab.K_out)
+    be, bc, nw = node_config(C, tab.K_in)
     grid = (N, cdiv(C, bc))
-    launch(_send_kernel(tab), grid, g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr,
-           graph.send_perm, graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
+    _send_kernel(tab)[grid](g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr, graph.send_perm,
+                            graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
     return out
 
 
@@ -167,10 +172,10 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         return (dY.zero_() if need_Y else None), dR
     be, bc, nw = edge_config(C, max(tab.K_in, tab.K_out))
     dummy = h
-    launch(
-        _edge_kernel(tab), (cdiv(E, be),), h.contiguous(), g.contiguous(), Y.contiguous() if need_R else dummy,
-        R.contiguous() if need_Y else dummy, dY if need_Y else dummy, dR if need_R else dummy, graph.senders,
-        graph.receivers, E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+    _edge_kernel(tab)[(cdiv(E, be),)](
+        h.contiguous(), g.contiguous(), Y.contiguous() if need_R else dummy, R.contiguous() if need_Y else dummy,
+        dY if need_Y else dummy, dR if need_R else dummy, graph.senders, graph.receivers, E, C,
+        BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
     return dY, dR
 
 
@@ -186,12 +191,12 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     if N == 0 or C == 0 or E == 0:
         dh.zero_()
         return dh, (torch.zeros(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None), dR
-    be, bc, nw = node_config(C, tab.K_out)
+    be, bc, nw = node_config(C, tab.K_in)
     ncb = cdiv(C, bc)
     dY_parts = torch.empty(ncb, E, tab.K_sh, dtype=dt, device=dev) if need_Y else None
-    launch(
-        _sender_kernel(tab), (N, ncb), h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh,
-        dY_parts if need_Y else dh, dR if need_R else dh, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
+    _sender_kernel(tab)[(N, ncb)](
+        h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh, dY_parts if need_Y else dh,
+        dR if need_R else dh, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
         BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
     dY = (dY_parts[0] if ncb == 1 else dY_parts.sum(0)) if need_Y else None
     return dh, dY, dR

@@ -19,7 +19,6 @@ from functools import lru_cache
 import torch
 
 from .codegen import cdiv, lit, load_source, next_pow2
-from .launch import launch
 
 Poly = dict  # {(a, b, c): coeff} for ux^a uy^b uz^c
 
@@ -175,7 +174,7 @@ def _launch(kern, v, a, b, lmax):
         return
     K = (lmax + 1) ** 2
     kp = 4 if K <= 4 else next_pow2(K)
-    launch(kern, (cdiv(E, BLOCK),), v, a, b, E, BLOCK=BLOCK, KP=kp, num_warps=4)
+    kern[(cdiv(E, BLOCK),)](v, a, b, E, BLOCK=BLOCK, KP=kp, num_warps=4)
 
 
 def sh_forward(vectors: torch.Tensor, lmax: int) -> torch.Tensor:

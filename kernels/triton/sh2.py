@@ -18,7 +18,6 @@ from functools import lru_cache
 import torch
 
 from .codegen import lit, load_source, next_pow2
-from .launch import launch
 from .sh import _deriv, _poly_expr, sh_polys
 
 _PRE = """
@@ -100,6 +99,6 @@ def sh_pullback(vectors: torch.Tensor, grad_sh: torch.Tensor, ggv: torch.Tensor,
     dg = torch.empty(E, K, dtype=v.dtype, device=v.device)
     if lmax == 0 or E == 0:
         return dv.zero_(), dg.zero_()
-    launch(pullback_kernel(lmax), ((E + BLOCK - 1) // BLOCK,), v, g, w, dv, dg, E, BLOCK=BLOCK,
-           KP=max(4, next_pow2(K)), num_warps=4)
+    pullback_kernel(lmax)[((E + BLOCK - 1) // BLOCK,)](v, g, w, dv, dg, E, BLOCK=BLOCK, KP=max(4, next_pow2(K)),
+                                                      num_warps=4)
     return dv, dg

@@ -1,0 +1,15 @@
+"""Tuning knobs of the Triton launchers (tile shapes, pipelining depth, the fused sender pass), from the
+environment: TUMBLER_CONV_RECV_CFG, TUMBLER_CONV_NODE_CFG, TUMBLER_CONV_EDGE_CFG, TUMBLER_CONV_STAGES,
+TUMBLER_CONV_SENDER, TUMBLER_SC_CFG. Unset, each launcher uses the defaults it documents.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+
+@lru_cache(maxsize=None)
+def knob(name: str, default: str = "") -> str:
+    """A knob's value, read once per process: the small passes are host-bound, and each environment lookup
+    is host time. bench/kernels.py --sweep and the tests that set a knob call knob.cache_clear()."""
+    return os.environ.get(name, default)
