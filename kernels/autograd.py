@@ -131,8 +131,17 @@ def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     """Autograd-enabled conv: [N,K_in,C], [E,K_sh], [E,P,C] -> [N,K_out,C] (CONTRACT kernels)."""
     tab = _conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
     dt = node_feats.dtype
+    if not _records(node_feats, edge_sh, edge_weights):
+        return _conv.conv_recv(node_feats, edge_sh.to(dt), edge_weights.to(dt), graph, tab)
     (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh.to(dt), edge_weights.to(dt), None)
     return out
+
+
+def _records(*inputs) -> bool:
+    """Whether autograd records an op on these inputs. When it does not (inference under no_grad, or no input
+    that requires grad) the ops call their kernels directly: an autograd Function costs host time even then,
+    and the small passes are host-bound."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
 
 
 class SHForm(torch.autograd.Function):
@@ -175,7 +184,7 @@ class SHVjp(torch.autograd.Function):
 
 def spherical_harmonics(vectors, lmax):
     """Autograd-enabled SH: [E, 3] -> [E, (lmax+1)**2] (CONTRACT kernels)."""
-    return SHForm.apply(vectors, lmax)
+    return SHForm.apply(vectors, lmax) if _records(vectors) else _sh.sh_forward(vectors, lmax)
 
 
 class PolyForm(torch.autograd.Function):
@@ -223,5 +232,8 @@ def planned_contraction(node_feats, weights, spec, plan):
     """The contraction with a species plan made beforehand (kernels/triton/contraction.py make_plan): no host
     reads, so it can be captured in a CUDA graph (kernels/fixed_species.py)."""
     form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
-    (out,) = PolyForm.apply(form, (2,), plan, _tracked(node_feats), _tracked(weights.to(node_feats.dtype)), None)
+    weights = weights.to(node_feats.dtype)
+    if not _records(node_feats, weights):
+        return _sc.run_form(form, (2,), (node_feats, weights, None), plan)[0]
+    (out,) = PolyForm.apply(form, (2,), plan, _tracked(node_feats), _tracked(weights), None)
     return out
