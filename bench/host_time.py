@@ -51,17 +51,14 @@ def best_us(fn, rounds=25, calls=300):
     return best
 
 
-def event_ms(fn, rep=200):
-    """CUDA-event median of one call, synced after each (as bench/kernels.py times a pass)."""
-    ts = []
-    for _ in range(rep):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return sorted(ts)[rep // 2]
+def event_ms(fn):
+    """CUDA-event median of one call, synced after each: bench/kernels.py's timer (loaded by path, since the
+    name `kernels` is the package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tumbler_bench_kernels", Path(__file__).with_name("kernels.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.med_ms(fn, warm=5, rep=200)
 
 
 def host_profile(fn, calls=300, rows=22):

@@ -279,7 +279,7 @@ SWEEP = {  # tuning knobs of kernels/triton/conv.py (knob(), cleared after each 
     "TUMBLER_CONV_RECV_CFG": ["4,32,4", "2,32,1", "2,64,2", "2,64,4"],
     "TUMBLER_CONV_NODE_CFG": ["8,32,4", "4,32,4", "4,64,4", "2,64,4", "2,32,2", "16,32,8", "2,128,4", "4,128,8"],
     "TUMBLER_CONV_EDGE_CFG": ["8,32,8", "4,32,4", "4,64,8", "2,128,8"],
-    "TUMBLER_CONV_STAGES": ["1", "2", "4"],
+    "TUMBLER_CONV_STAGES": ["1", "2", "4", "5"],
     "TUMBLER_CONV_SENDER": ["off", "noY"],
 }
 
