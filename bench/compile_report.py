@@ -1,7 +1,9 @@
-"""Compile our generated kernels for sm_90 on this machine (no GPU needed) and report registers and
-stack (spill) bytes per tile configuration: the cheapest way to choose block shapes before a GPU run.
+"""Compile our generated kernels for sm_90 on this machine (no GPU needed) and report registers, stack
+(spill) bytes and SASS instruction count per tile configuration: the cheapest way to choose block shapes, or to
+compare two versions of a generator, before a GPU run.
 
     python bench/compile_report.py conv 1,3,3 recv 16,32,4 8,32,4
+    python bench/compile_report.py conv 1,3,3 sender 4,32,4        (the fused sender pass: dh, dY and dR)
     python bench/compile_report.py sc 3,1,3 bwd 8,32,64,4
     python bench/compile_report.py sc 3,2,3 dbl:0 4,32,64,4    (one output slot of the second-order kernel)
     python bench/compile_report.py sc 3,2,3 dbl-plan 4,32,64,4 (each kernel the model launches for it)
@@ -33,6 +35,9 @@ NODE_SIG = {"X": "*fp32", "Y": "*fp32", "R": "*fp32", "OUT": "*fp32", "PTR": "*i
 EDGE_SIG = {"H": "*fp32", "G": "*fp32", "Y": "*fp32", "R": "*fp32", "DY": "*fp32", "DR": "*fp32",
             "SEND": "*i64", "RECV": "*i64", "E": "i32", "C": "i32", "BE": "constexpr", "BC": "constexpr",
             "NEED_Y": "constexpr", "NEED_R": "constexpr"}
+SENDER_SIG = {"H": "*fp32", "G": "*fp32", "Y": "*fp32", "R": "*fp32", "DH": "*fp32", "DY": "*fp32", "DR": "*fp32",
+              "PTR": "*i64", "PERM": "*i64", "RECV": "*i64", "E": "i32", "C": "i32", "BE": "constexpr",
+              "BC": "constexpr", "NEED_H": "constexpr", "NEED_Y": "constexpr", "NEED_R": "constexpr"}
 
 
 def usage(kernel, sig, constexprs, num_warps) -> str:
@@ -44,7 +49,9 @@ def usage(kernel, sig, constexprs, num_warps) -> str:
         f.write(c.asm["cubin"])
     out = subprocess.run([CUOBJDUMP, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
     regs = [w for line in out.splitlines() if "REG" in line for w in line.split() if w.startswith(("REG", "STACK"))]
-    return f"{' '.join(regs)} compile {dt:.1f}s"
+    sass = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True).stdout
+    n_instr = sum(1 for line in sass.splitlines() if line.strip().startswith("/*") and "*/" in line[4:])
+    return f"{' '.join(regs)} SASS {n_instr} compile {dt:.1f}s"
 
 
 def sc_kernel(lmaxes, which):
@@ -69,6 +76,9 @@ def main(argv):
             be, bc, nw = vals
             if which == "edge":
                 k, sig, ce = conv._edge_kernel(tab), EDGE_SIG, dict(BE=be, BC=bc, NEED_Y=True, NEED_R=True)
+            elif which == "sender":
+                k, sig = conv._sender_kernel(tab), SENDER_SIG
+                ce = dict(BE=be, BC=bc, NEED_H=True, NEED_Y=True, NEED_R=True)
             else:
                 k = conv._recv_kernel(tab) if which == "recv" else conv._send_kernel(tab)
                 sig, ce = NODE_SIG, dict(BE=be, BC=bc, USE_PERM=which == "send")
