@@ -221,15 +221,10 @@ def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) ->
     for p in used_p:
         L.append(f"            tl.store(DR + rrow + {p} * C, {_dR_source(by_p, p)}, mask=m2)")
     L.append("        if NEED_Y:")
-    # each edge's channel sum is stored from the [BE, BC] tile itself (broadcast back over the channels, one
-    # lane writing): a [BE] store would take another layout, and moving each component's sums there costs a
-    # shared-memory round trip with two barriers
-    L.append(f"            dyrow = DY + (cb * E + eid[:, None]) * {KY} + 0 * c[None, :]")
-    L.append("            first = em[:, None] & (c == cb * BC)[None, :]")
-    L.append("            zero = tl.zeros([BE, BC], dt)")
+    L.append(f"            dyrow = DY + (cb * E + eid) * {KY}")
     for b in range(KY):
-        val = f"zero + tl.reduce({_dY_source(by_b, b)}, 1, _add, keep_dims=True)" if b in by_b else "zero"
-        L.append(f"            tl.store(dyrow + {b}, {val}, mask=first)")
+        val = f"tl.reduce({_dY_source(by_b, b)}, 1, _add)" if b in by_b else "tl.zeros([BE], dt)"
+        L.append(f"            tl.store(dyrow + {b}, {val}, mask=em)")
     L.append("    if NEED_H:")
     L.append(f"        orow = DH + node * ({KH} * C) + c")
     for a in range(KH):
