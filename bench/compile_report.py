@@ -42,7 +42,10 @@ SENDER_SIG = {"H": "*fp32", "G": "*fp32", "Y": "*fp32", "R": "*fp32", "DH": "*fp
 
 def usage(kernel, sig, constexprs, num_warps) -> str:
     t = time.time()
-    c = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+    # what a launch at the bench sizes specializes on: 16-byte aligned pointers, C and E divisible by 16
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(sig.items())
+             if ty.startswith("*") or name in ("C", "E")}
+    c = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     dt = time.time() - t
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:

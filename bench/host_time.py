@@ -2,6 +2,9 @@
 
     TRITON_INTERPRET=1 python bench/host_time.py   # CPU: Triton launches replaced by no-ops
     python bench/host_time.py --gpu                # GPU: real launches at the 128ch l0 20k bench size
+    python bench/host_time.py --gpu --parts        # GPU: the issue time of each piece of the pass
+    python bench/host_time.py --gpu --timeline     # GPU: where a fwd+bwd call's host time goes, stage by stage
+    ... --spec=1,3,3                               # the 128ch l1 config instead
 
 Prints the best of 25 rounds of 300 calls, in us per call, for the forward, the forward+backward, and an
 autograd Function of the same arity that does nothing (the floor of any op called through autograd). The GPU
@@ -15,6 +18,8 @@ import time
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -79,7 +84,8 @@ def main():
         for name in ("_recv_kernel", "_send_kernel", "_edge_kernel", "_sender_kernel"):
             setattr(triton_conv, name, lambda tab: _NoLaunch())
     ops = kernels.get_ops("triton")
-    spec = kernels.ConvSpec(0, 3, 3)  # the 128ch l0 benchmark config: 1000 nodes (100 on CPU) x 20 neighbours
+    # the 128ch l0 benchmark config (--spec=1,3,3: 128ch l1): 1000 nodes (100 on CPU) x 20 neighbours
+    spec = kernels.ConvSpec(*next((map(int, a[7:].split(",")) for a in sys.argv if a.startswith("--spec=")), (0, 3, 3)))
     n, k, C = (1000 if gpu else 100), 20, 128
     dev = torch.device("cuda" if gpu else "cpu")
     graph = kernels.make_graph(torch.randint(0, n, (n * k,), device=dev),
@@ -110,9 +116,142 @@ def main():
                 line += f"   event median {event_ms(fn) * 1e3:7.1f} us"
             print(line, flush=True)
 
+    if "--timeline" in sys.argv:
+        _timeline(h, Y, R, g, graph, spec)
+        return
+    if "--parts" in sys.argv:
+        report(_parts(h, Y, R, g, graph, spec) + (fwd, fwdbwd, floor))
+        return
     report((fwd, fwdbwd, floor) + ((torch_mul,) if gpu else ()))
     if gpu:
         host_profile(fwdbwd)
+
+
+def _timeline(h, Y, R, g, graph, spec, calls=3000):
+    """Mean host time of each stage of a fwd+bwd call, ours and the no-op Function's: the forward, the
+    engine up to the backward's first line, the backward, the engine after it, and releasing the graph."""
+    from kernels import autograd as ka
+    ops = kernels.get_ops("triton")
+    stamps = {}
+
+    def timed(cls):
+        real = cls.backward
+
+        def backward(ctx, *grads):
+            stamps["b0"] = time.perf_counter()
+            res = real(ctx, *grads)
+            stamps["b1"] = time.perf_counter()
+            return res
+        return real, backward
+
+    for name, cls, fwd in (("ours", ka.ConvForm, lambda: ops.edge_conv(h, Y, R, graph, spec)),
+                           ("floor", _Noop, lambda: _Noop.apply(h, Y, R))):
+        real, patched = timed(cls)
+        cls.backward = staticmethod(patched)
+        sums = [0.0] * 5
+        try:
+            for i in range(calls + 100):
+                t0 = time.perf_counter()
+                out = fwd()
+                t1 = time.perf_counter()
+                torch.autograd.grad(out, [h, Y, R], g)
+                t4 = time.perf_counter()
+                del out
+                t5 = time.perf_counter()
+                if i >= 100:
+                    for k, v in enumerate((t1 - t0, stamps["b0"] - t1, stamps["b1"] - stamps["b0"], t4 - stamps["b1"],
+                                           t5 - t4)):
+                        sums[k] += v
+        finally:
+            cls.backward = staticmethod(real)
+        print(f"timeline {name:<6}" + "".join(f" {k} {v / calls * 1e6:6.1f} us" for k, v in zip(
+            ("forward", "to_backward", "backward", "after_backward", "release"), sums)), flush=True)
+
+
+def _parts(h, Y, R, g, graph, spec):
+    """The pieces of a fwd+bwd pass, each alone: allocation, the dY sum, each kernel launch through Triton's
+    JITFunction, each launcher of kernels/triton/conv.py, the argument check, the forward through autograd."""
+    from kernels import checks
+    tab = triton_conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
+    n, _, C = h.shape
+    E = Y.shape[0]
+    hd, Yd, Rd = h.detach(), Y.detach(), R.detach()
+    out = torch.empty(n, tab.K_out, C, device=h.device)
+    be, bc, nw = triton_conv.recv_config(C)
+    sbe, sbc, snw = triton_conv.node_config(C, tab.K_in)
+    ncb = triton_conv.cdiv(C, sbc)
+    dh, dR = torch.empty_like(hd), torch.empty_like(Rd)
+    parts = torch.empty(ncb, E, tab.K_sh, device=h.device)
+
+    def empty():
+        torch.empty(n, tab.K_out, C, device=h.device)
+
+    def dY_sum():
+        parts.sum(0)
+
+    def launch_recv():
+        triton_conv._recv_kernel(tab)[(n, triton_conv.cdiv(C, bc))](
+            hd, Yd, Rd, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C, BE=be, BC=bc, USE_PERM=False,
+            num_warps=nw, num_stages=3)
+
+    def launch_sender():
+        triton_conv._sender_kernel(tab)[(n, ncb)](
+            hd, g, Yd, Rd, dh, parts, dR, graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=sbe, BC=sbc,
+            NEED_H=True, NEED_Y=True, NEED_R=True, num_warps=snw, num_stages=3)
+
+    def conv_recv():
+        triton_conv.conv_recv(hd, Yd, Rd, graph, tab)
+
+    def conv_sender():
+        triton_conv.conv_sender(hd, Yd, Rd, g, graph, tab, True, True)
+
+    def check():
+        checks.check_edge_conv(h, Y, R, graph, spec)
+
+    def launch_empty_1arg():  # Triton's own cost per launch, and its part that grows with the arguments
+        _empty_1arg[(1,)](hd)
+
+    def launch_empty_17args():
+        _empty_17args[(1,)](hd, g, Yd, Rd, dh, parts, dR, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
+                            BE=sbe, BC=sbc, NEED_H=True, NEED_Y=True, NEED_R=True)
+
+    def torch_add():  # one ATen kernel launch, for scale
+        torch.add(hd, hd, out=dh)
+
+    def fwd_recorded():
+        kernels.get_ops("triton").edge_conv(h, Y, R, graph, spec)
+
+    ops = kernels.get_ops("triton")
+    out = ops.edge_conv(h, Y, R, graph, spec)
+    out_floor = _Noop.apply(h, Y, R)
+
+    def bwd_only():  # the backward of one recorded forward, again and again
+        torch.autograd.grad(out, [h, Y, R], g, retain_graph=True)
+
+    def bwd_only_floor():
+        torch.autograd.grad(out_floor, [h, Y, R], g, retain_graph=True)
+
+    def bwd_only_no_kernels():  # our backward's Python and the engine, the sender launcher replaced
+        real = triton_conv.conv_sender
+        triton_conv.conv_sender = lambda *a: (dh, parts[0], dR)
+        try:
+            torch.autograd.grad(out, [h, Y, R], g, retain_graph=True)
+        finally:
+            triton_conv.conv_sender = real
+
+    return (empty, dY_sum, launch_recv, launch_sender, conv_recv, conv_sender, check, fwd_recorded,
+            launch_empty_1arg, launch_empty_17args, torch_add, bwd_only, bwd_only_floor, bwd_only_no_kernels)
+
+
+@triton.jit
+def _empty_1arg(X):
+    pass
+
+
+@triton.jit
+def _empty_17args(H, G, Y, R, DH, DY, DR, PTR, PERM, RECV, E, C, BE: tl.constexpr, BC: tl.constexpr,
+                  NEED_H: tl.constexpr, NEED_Y: tl.constexpr, NEED_R: tl.constexpr):
+    pass
 
 
 if __name__ == "__main__":

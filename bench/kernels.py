@@ -277,7 +277,7 @@ def bench_sc(ops, peers_on, timer, quick):
 
 SWEEP = {  # tuning knobs of kernels/triton/conv.py (knob(), cleared after each change), and the values tried
     "TUMBLER_CONV_RECV_CFG": ["4,32,4", "2,32,1", "2,64,2", "2,64,4"],
-    "TUMBLER_CONV_NODE_CFG": ["8,32,4", "4,32,4", "4,64,4", "2,64,4", "2,32,2", "16,32,8", "2,128,4", "4,128,8"],
+    "TUMBLER_CONV_NODE_CFG": ["8,32,4", "4,32,4", "16,32,4", "8,64,4", "4,128,4", "8,128,8", "16,128,16", "4,64,4"],
     "TUMBLER_CONV_EDGE_CFG": ["8,32,8", "4,32,4", "4,64,8", "2,128,8"],
     "TUMBLER_CONV_STAGES": ["1", "2", "4", "5"],
     "TUMBLER_CONV_SENDER": ["off", "noY"],

@@ -131,9 +131,11 @@ def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     """Autograd-enabled conv: [N,K_in,C], [E,K_sh], [E,P,C] -> [N,K_out,C] (CONTRACT kernels)."""
     tab = _conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
     dt = node_feats.dtype
+    edge_sh = edge_sh if edge_sh.dtype == dt else edge_sh.to(dt)  # .to costs host time even as a no-op
+    edge_weights = edge_weights if edge_weights.dtype == dt else edge_weights.to(dt)
     if not _records(node_feats, edge_sh, edge_weights):
-        return _conv.conv_recv(node_feats, edge_sh.to(dt), edge_weights.to(dt), graph, tab)
-    (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh.to(dt), edge_weights.to(dt), None)
+        return _conv.conv_recv(node_feats, edge_sh, edge_weights, graph, tab)
+    (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh, edge_weights, None)
     return out
 
 

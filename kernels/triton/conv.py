@@ -89,17 +89,22 @@ def node_config(C: int, K_acc: int) -> tuple[int, int, int]:
     """(edges per tile BE, channels per tile BC, num_warps) for the sender-segment kernels, which accumulate
     K_acc = K_in components per node.
 
-    Chosen from sm_90 register reports (bench/compile_report.py) and H200 sweeps (bench/NOTES.md):
-    one tile element per thread (4 edges x 32 channels, 4 warps) keeps the K accumulators and the
-    gathered components in registers and was fastest or within noise on every swept config but one.
-    With a single accumulated component (an l=0 input, the first layer) a program's work per edge is small
-    and its serial walk over the segment is what it waits on: 8 edges per tile took the 128 ch l0 fwd+bwd
-    at 20k edges from 0.119 to 0.090 ms of GPU time and force-train from 0.322 to 0.277 (v6); the same tile
-    took 32 ch l<=3 from 0.160 to 0.334 ms (16 input components live per edge)."""
+    Chosen from sm_90 register reports (bench/compile_report.py) and H200 sweeps (bench/NOTES.md v6, v8).
+    K_acc > 1: one tile element per thread (4 edges x 32 channels, 4 warps) keeps the K accumulators and the
+    gathered components in registers; more elements per thread spill or halve occupancy (128 ch l<=1 fwd+bwd
+    at 20k edges, GPU time: 4 x 32 0.196 ms, 8 x 32 0.232, 4 x 64 0.216, 4 x 128 0.225).
+    K_acc == 1 (an l=0 input, the first layer): little is live per element, so each thread takes four
+    channels of one edge (4 x 128 at 128 ch). The loads vectorise, each edge's coupling coefficients and dY
+    reductions are shared by four channels, and one channel block needs no dY sum over blocks: 128 ch l0
+    fwd+bwd 0.074 ms, against 0.089 with 8 x 32 and 0.120 with 4 x 32.
+    """
     if knob("TUMBLER_CONV_NODE_CFG"):
         return _tile(knob("TUMBLER_CONV_NODE_CFG"), C)
+    if K_acc == 1:
+        bc = min(next_pow2(C), 128)
+        return min(16, 512 // bc), bc, 4
     bc = min(next_pow2(C), 32)
-    return (8 if K_acc == 1 else 4), bc, max(1, min(4, 4 * bc // 32))
+    return 4, bc, max(1, min(4, 4 * bc // 32))
 
 
 def _stages() -> int:
@@ -193,10 +198,10 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         return dh, (torch.zeros(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None), dR
     be, bc, nw = node_config(C, tab.K_in)
     ncb = cdiv(C, bc)
-    dY_parts = torch.empty(ncb, E, tab.K_sh, dtype=dt, device=dev) if need_Y else None
+    dY_parts = torch.empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh), dtype=dt, device=dev) if need_Y else None
     _sender_kernel(tab)[(N, ncb)](
         h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh, dY_parts if need_Y else dh,
         dR if need_R else dh, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
         BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
-    dY = (dY_parts[0] if ncb == 1 else dY_parts.sum(0)) if need_Y else None
+    dY = (dY_parts if ncb == 1 else dY_parts.sum(0)) if need_Y else None
     return dh, dY, dR
