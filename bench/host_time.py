@@ -116,6 +116,15 @@ def main():
                 line += f"   event median {event_ms(fn) * 1e3:7.1f} us"
             print(line, flush=True)
 
+    if "--after-peers" in sys.argv:  # the same calls before and after importing the peers (PYTHONPATH: the bundle)
+        report((fwd, fwdbwd, floor, torch_mul))
+        print("state before:", _torch_state(), flush=True)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import peers
+        print("peers:", peers.available(), flush=True)
+        print("state after: ", _torch_state(), flush=True)
+        report((fwd, fwdbwd, floor, torch_mul), " (peers)")
+        return
     if "--timeline" in sys.argv:
         _timeline(h, Y, R, g, graph, spec)
         return
@@ -125,6 +134,26 @@ def main():
     report((fwd, fwdbwd, floor) + ((torch_mul,) if gpu else ()))
     if gpu:
         host_profile(fwdbwd)
+
+
+def _torch_state() -> dict:
+    """Process-wide torch settings an imported package can change, and that cost host time per op."""
+    c = torch._C
+    import ctypes
+    import threading
+    flags = ctypes.c_uint(0)
+    for lib in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):  # flags: Spin 1, Yield 2, BlockingSync 4
+        try:
+            ctypes.CDLL(lib).cudaGetDeviceFlags(ctypes.byref(flags))
+            break
+        except OSError:
+            flags.value = 99  # no runtime library found
+    return dict(threads=[t.name for t in threading.enumerate()], cuda_device_flags=flags.value,
+                default_dtype=str(torch.get_default_dtype()), anomaly=torch.is_anomaly_enabled(),
+                torch_function_modes=c._len_torch_function_stack(), dispatch_modes=c._len_torch_dispatch_stack(),
+                deterministic=torch.are_deterministic_algorithms_enabled(),
+                grad_mode=torch.is_grad_enabled(), profiler=torch.autograd.profiler._is_profiler_enabled,
+                saved_tensor_hooks=c._autograd._top_saved_tensors_default_hooks(False) is not None)
 
 
 def _timeline(h, Y, R, g, graph, spec, calls=3000):
