@@ -4,6 +4,8 @@
     python bench/host_time.py --gpu                # GPU: real launches at the 128ch l0 20k bench size
     python bench/host_time.py --gpu --parts        # GPU: the issue time of each piece of the pass
     python bench/host_time.py --gpu --timeline     # GPU: where a fwd+bwd call's host time goes, stage by stage
+    python bench/host_time.py --gpu --after-peers  # GPU: the calls before and after importing the peers
+    python bench/host_time.py --gpu --after-profiler   # GPU: before and after one torch.profiler session
     ... --spec=1,3,3                               # the 128ch l1 config instead
 
 Prints the best of 25 rounds of 300 calls, in us per call, for the forward, the forward+backward, and an
@@ -124,6 +126,13 @@ def main():
         print("peers:", peers.available(), flush=True)
         print("state after: ", _torch_state(), flush=True)
         report((fwd, fwdbwd, floor, torch_mul), " (peers)")
+        return
+    if "--after-profiler" in sys.argv:  # the same calls before and after one torch.profiler session (CUDA)
+        report((fwd, fwdbwd, floor, torch_mul))
+        from torch.profiler import ProfilerActivity
+        with torch.profiler.profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]):
+            fwdbwd()
+        report((fwd, fwdbwd, floor, torch_mul), " (profiled)")
         return
     if "--timeline" in sys.argv:
         _timeline(h, Y, R, g, graph, spec)

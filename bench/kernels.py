@@ -79,6 +79,7 @@ def _measure(r, pairs, timer, floor):
         if OPTS["warm"]:
             continue
         r[p] = timer(fn)
+        r[p + "_host"] = LAST_HOST_MS[0]
         r[p + "_gpu"] = gpu_ms(fn)
         r[p + "_peak_MiB"] = peak_mib(fn)
         r[p + "_floor_MB"] = floor[p] / 1e6
@@ -109,18 +110,26 @@ def gpu_ms(fn, runs=10):
     return sum(e.self_device_time_total for e in prof.key_averages()) / runs / 1e3
 
 
+LAST_HOST_MS = [float("nan")]  # host part of the last med_ms call (median of its reps)
+
+
 def med_ms(fn, warm=10, rep=40):
+    """Median CUDA-event time of one synced call. Also keeps, in LAST_HOST_MS, the median host time from the
+    first event's record to the second's: if a pass's event time varies with it, the variation is the host's."""
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
-    ts = []
+    ts, hs = [], []
     for _ in range(rep):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
         a.record()
         fn()
         b.record()
+        hs.append((time.perf_counter() - t0) * 1e3)
         torch.cuda.synchronize()
         ts.append(a.elapsed_time(b))
+    LAST_HOST_MS[0] = float(np.median(hs))
     return float(np.median(ts))
 
 
@@ -164,6 +173,8 @@ def over_rounds(per_round: list) -> list:
             if all(p in r for r in rows):
                 row[p + "_rounds"] = [r[p] for r in rows]
                 row[p] = float(np.median(row[p + "_rounds"]))
+                if all(p + "_host" in r for r in rows):
+                    row[p + "_host_rounds"] = [r[p + "_host"] for r in rows]
                 if p + "_floor_MB" in row:
                     row[p + "_GBps"] = row[p + "_floor_MB"] / row[p]
         out.append(row)
