@@ -296,9 +296,11 @@ SWEEP = {  # tuning knobs of kernels/triton/conv.py (knob(), cleared after each 
 
 
 def _sweep_knobs(argv) -> dict:
-    """SWEEP, or the knobs named by --sweep=VAR[,VAR]."""
+    """SWEEP, or the knobs named by --sweep=VAR[,VAR]; SWEEP_VALUES="A;B;.." in the environment replaces their
+    values."""
     named = [a[len("--sweep="):].split(",") for a in argv if a.startswith("--sweep=")]
-    return {k: v for k, v in SWEEP.items() if not named or k in named[0]}
+    values = os.environ.get("SWEEP_VALUES")
+    return {k: (values.split(";") if values else v) for k, v in SWEEP.items() if not named or k in named[0]}
 
 
 def sweep(ops, timer, cfgs, knobs):
