@@ -234,12 +234,7 @@ def _sender_terms_by_output(table, KY: int) -> list:
     L.append("        if NEED_R:")
     for p in sorted(by_p):
         L.append(f"            tl.store(DR + rrow + {p} * C, {_dR_source(by_p, p)}, mask=m2)")
-    L.append("        if NEED_Y:")
-    L.append(f"            dyrow = DY + (cb * E + eid) * {KY}")
-    for b in range(KY):
-        val = f"tl.reduce({_dY_source(by_b, b)}, 1, _add)" if b in by_b else "tl.zeros([BE], dt)"
-        L.append(f"            tl.store(dyrow + {b}, {val}, mask=em)")
-    return L
+    return L + _dY_stores(KY, {b: _dY_source(by_b, b) for b in by_b})
 
 
 def _sender_terms_by_component(table, KY: int) -> list:
@@ -272,9 +267,13 @@ def _sender_terms_by_component(table, KY: int) -> list:
         for b, apw in sorted(by_b_here.items()):
             L.append(f"            dyc{b} += g{o} * ({' + '.join(f'{lit(w)} * r{p} * h{a}' for a, p, w in apw)})")
     L += ["        if NEED_R:"] + [f"            tl.store(DR + rrow + {p} * C, dr{p}, mask=m2)" for p in used_p]
-    L.append("        if NEED_Y:")
-    L.append(f"            dyrow = DY + (cb * E + eid) * {KY}")
+    return L + _dY_stores(KY, {b: f"dyc{b}" for b in used_b})
+
+
+def _dY_stores(KY: int, summands: dict) -> list:
+    """The sender pass's dY stores: for each b, the channel sum of summands[b] ([BE, BC]), zero where absent."""
+    L = ["        if NEED_Y:", f"            dyrow = DY + (cb * E + eid) * {KY}"]
     for b in range(KY):
-        val = f"tl.reduce(dyc{b}, 1, _add)" if b in used_b else "tl.zeros([BE], dt)"
+        val = f"tl.reduce({summands[b]}, 1, _add)" if b in summands else "tl.zeros([BE], dt)"
         L.append(f"            tl.store(dyrow + {b}, {val}, mask=em)")
     return L
