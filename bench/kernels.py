@@ -1,6 +1,7 @@
 """Kernel benchmark on one GPU: our Triton ops and the peers (bench/peers.py) side by side, one process.
 
-    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I[,I]] [--pass=P[,P]] [--warm] [--sweep] [--profile]
+    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I[,I]] [--pass=P[,P]] [--warm] [--sweep]
+        [--profile] [--no-graph]
     python bench/kernels.py --combine results/a.json results/b.json ...   (table of saved runs, later wins)
     python bench/kernels.py --sweep-warm-jobs [--sweep=VAR,..] [--cfg=I,..]   (the commands that compile what
         --sweep runs, one per line; --sweep=VAR,.. sweeps only those knobs, --cfg=I,.. only those configs)
@@ -8,6 +9,7 @@
 --warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
 fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
 --profile also prints, for each selected pass, its GPU kernels and their times (torch.profiler, 5 runs).
+--no-graph skips the CUDA-graph replay timing (graph_ms) of every pass, ours and the peers'.
 
 Passes (float32, CUDA-event medians): fwd (no grad), fwdbwd (gradients of all inputs for a random
 cotangent), dbl (force training: SH(vec) -> op -> E; F = dE/dvec with create_graph; loss(F) backward to
@@ -57,7 +59,7 @@ SC = [("128ch_l3in_l1out_5k", 3, 1, 128, 5000, 10), ("128ch_l3in_l0out_5k", 3, 0
 SH = [20_000, 2_000_000]
 
 
-OPTS = {"cfg": None, "pass": None, "warm": False, "profile": False}
+OPTS = {"cfg": None, "pass": None, "warm": False, "profile": False, "graph": True}
 
 
 def _select(cfgs, quick):
@@ -70,7 +72,7 @@ def _passes(pairs):
     return [(p, fn) for p, fn in pairs if OPTS["pass"] is None or p in OPTS["pass"].split(",")]
 
 
-def _measure(r, pairs, timer, floor):
+def _measure(r, pairs, measure, floor):
     for p, fn in _passes(pairs):
         t0 = time.time()
         fn()
@@ -78,10 +80,7 @@ def _measure(r, pairs, timer, floor):
         r[p + "_first_s"] = time.time() - t0  # includes compilation (unless the cache was warm)
         if OPTS["warm"]:
             continue
-        r[p] = timer(fn)
-        r[p + "_host"] = LAST_HOST_MS[0]
-        r[p + "_gpu"] = gpu_ms(fn)
-        r[p + "_peak_MiB"] = peak_mib(fn)
+        r.update((p + k, v) for k, v in measure(fn).items())
         r[p + "_floor_MB"] = floor[p] / 1e6
         r[p + "_GBps"] = floor[p] / 1e6 / r[p]
         if OPTS["profile"]:
@@ -141,6 +140,61 @@ def peak_mib(fn):
     return torch.cuda.max_memory_allocated() / 2**20
 
 
+def graph_ms(fn, reps=20, rounds=7):
+    """Median CUDA-event time of one call replayed from a CUDA graph: fn (warm) is captured once, then
+    `rounds` times `reps` replays are timed back to back. This is the GPU's time for the call without the
+    host's launch gaps, as our MD engine runs it (potential/static_step.py captures the whole evaluation,
+    autograd included). NaN when fn cannot be captured; the reason is in LAST_GRAPH_ERROR."""
+    LAST_GRAPH_ERROR[0] = None
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on the capture's stream (what torch.cuda.graph asks for)
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        g.replay()
+        torch.cuda.synchronize()
+    except Exception as e:  # a peer whose call syncs or allocates outside torch cannot be captured
+        torch.cuda.synchronize()
+        LAST_GRAPH_ERROR[0] = repr(e)[:200]
+        return float("nan")
+    ts = []
+    for _ in range(rounds):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / reps)
+    del g
+    torch.cuda.empty_cache()
+    return float(np.median(ts))
+
+
+LAST_GRAPH_ERROR = [None]
+
+
+def measure(fn) -> dict:
+    """The figures of one pass, by key suffix: "" median ms of synced calls (CUDA events), "_host" their host
+    part, "_gpu" the sum of the call's kernel times, "_peak_MiB" peak memory, "_graph" ms of one call replayed
+    from a CUDA graph (OPTS["graph"]; "_graph_error" if it could not be captured)."""
+    out = {"": med_ms(fn), "_host": LAST_HOST_MS[0], "_gpu": gpu_ms(fn), "_peak_MiB": peak_mib(fn)}
+    if OPTS["graph"]:
+        out["_graph"] = graph_ms(fn)
+        if LAST_GRAPH_ERROR[0]:
+            out["_graph_error"] = LAST_GRAPH_ERROR[0]
+    return out
+
+
+def sweep_measure(fn) -> dict:
+    return {"": med_ms(fn, warm=5, rep=20), "_gpu": gpu_ms(fn)}
+
+
 def graph(n, k, seed=0):
     g = torch.Generator().manual_seed(seed)
     recv = torch.arange(n).repeat_interleave(k)
@@ -161,27 +215,27 @@ ROUNDS = 3  # the launch-bound configs (20k edges) are timed in alternating roun
 
 def over_rounds(per_round: list) -> list:
     """One row per backend from alternating rounds (lists of rows, same backends in the same order): each
-    pass's median over the rounds, the rounds' times under "<pass>_rounds". The host's speed drifts by up to 2x
-    between minutes on these machines, and host time is most of a small pass: alternating gives ours and the
-    peers the same conditions."""
+    figure's median over the rounds, the rounds' values under "<figure>_rounds". The host's speed drifts by up
+    to 2x between minutes on these machines, and host time is most of a small pass: alternating gives ours and
+    the peers the same conditions."""
     if len(per_round) == 1:
         return per_round[0]
     out = []
     for rows in zip(*per_round):
         row = dict(rows[0])
         for p in ("fwd", "fwdbwd", "dbl"):
-            if all(p in r for r in rows):
-                row[p + "_rounds"] = [r[p] for r in rows]
-                row[p] = float(np.median(row[p + "_rounds"]))
-                if all(p + "_host" in r for r in rows):
-                    row[p + "_host_rounds"] = [r[p + "_host"] for r in rows]
-                if p + "_floor_MB" in row:
-                    row[p + "_GBps"] = row[p + "_floor_MB"] / row[p]
+            for k in (p, p + "_host", p + "_gpu", p + "_graph"):
+                vals = [r.get(k) for r in rows]
+                if all(isinstance(v, float) for v in vals):
+                    row[k + "_rounds"] = vals
+                    row[k] = float(np.median(vals))
+            if p in row and p + "_floor_MB" in row:
+                row[p + "_GBps"] = row[p + "_floor_MB"] / row[p]
         out.append(row)
     return out
 
 
-def bench_conv(ops, peers_on, timer, quick):
+def bench_conv(ops, peers_on, measure, quick):
     rows = []
     for name, lmax_in, C, n, k in _select(CONV, quick):
         spec = kernels.ConvSpec(lmax_in, 3, 3)
@@ -210,11 +264,11 @@ def bench_conv(ops, peers_on, timer, quick):
         per_round = []
         for _ in range(ROUNDS if peers_on and E <= 20_000 and not OPTS["warm"] else 1):
             r = dict(op="conv", cfg=name, backend="tumbler", nodes=n, edges=E, channels=C, paths=spec.num_paths)
-            _measure(r, (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)), timer, floor)
+            _measure(r, (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)), measure, floor)
             got = [r]
             if peers_on:
                 got += [dict(op="conv", cfg=name, nodes=n, edges=E, channels=C, **pr)
-                        for pr in _peers().conv_rows(lmax_in, C, send, recv, n, peers_on, timer, peak_mib)]
+                        for pr in _peers().conv_rows(lmax_in, C, send, recv, n, peers_on, measure)]
             per_round.append(got)
         for row in over_rounds(per_round):
             rows.append(row)
@@ -222,34 +276,28 @@ def bench_conv(ops, peers_on, timer, quick):
     return rows
 
 
-def bench_sh(ops, peers_on, timer, quick):
+def bench_sh(ops, peers_on, measure, quick):
     rows = []
     for E in _select(SH, quick):
         vec = torch.randn(E, 3, device=DEV)
         r = dict(op="sh_l3", cfg=f"{E}", backend="tumbler", edges=E)
-        ops.spherical_harmonics(vec, 3)
-        if OPTS["warm"]:
-            vg = vec.clone().requires_grad_(True)
-            torch.autograd.grad(ops.spherical_harmonics(vg, 3).sum(), vg)
-            continue
-        r["fwd"] = timer(lambda: ops.spherical_harmonics(vec, 3))
-        r["fwd_floor_MB"] = E * (12 + 16 * F4) / 1e6
-        r["fwd_GBps"] = r["fwd_floor_MB"] / r["fwd"]
         vg = vec.clone().requires_grad_(True)
         gy = torch.randn(E, 16, device=DEV)
-        r["fwdbwd"] = timer(lambda: torch.autograd.grad(ops.spherical_harmonics(vg, 3), vg, gy))
-        r["fwdbwd_floor_MB"] = E * (2 * 12 + 2 * 16 * F4) / 1e6
-        r["fwdbwd_GBps"] = r["fwdbwd_floor_MB"] / r["fwdbwd"]
+        floor = {"fwd": E * (12 + 16 * F4), "fwdbwd": E * (2 * 12 + 2 * 16 * F4)}
+        _measure(r, (("fwd", lambda: ops.spherical_harmonics(vec, 3)),
+                     ("fwdbwd", lambda: torch.autograd.grad(ops.spherical_harmonics(vg, 3), vg, gy))), measure, floor)
+        if OPTS["warm"]:
+            continue
         rows.append(r)
         print(json.dumps(r), flush=True)
         if peers_on:
             peers = _peers()
-            for pr in peers.sh_rows(vec, peers_on, timer):
+            for pr in peers.sh_rows(vec, peers_on, measure):
                 rows.append(dict(op="sh_l3", cfg=f"{E}", edges=E, **pr))
     return rows
 
 
-def bench_sc(ops, peers_on, timer, quick):
+def bench_sc(ops, peers_on, measure, quick):
     rows = []
     for name, lmax_in, lmax_out, C, n, n_el in _select(SC, quick):
         spec = kernels.ContractionSpec(lmax_in, lmax_out, 3)
@@ -275,12 +323,12 @@ def bench_sc(ops, peers_on, timer, quick):
                  "dbl": xb + ob + 2 * wb + n * 8}
         r = dict(op="symmetric_contraction", cfg=name, backend="tumbler", nodes=n, channels=C, elements=n_el,
                  weights=spec.num_weights)
-        _measure(r, (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)), timer, floor)
+        _measure(r, (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)), measure, floor)
         rows.append(r)
         print(json.dumps(r), flush=True)
         if peers_on:
             peers = _peers()
-            for pr in peers.sc_rows(lmax_in, lmax_out, C, species, n_el, 3, peers_on, timer, peak_mib):
+            for pr in peers.sc_rows(lmax_in, lmax_out, C, species, n_el, 3, peers_on, measure):
                 rows.append(dict(op="symmetric_contraction", cfg=name, nodes=n, channels=C, **pr))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -303,7 +351,7 @@ def _sweep_knobs(argv) -> dict:
     return {k: (values.split(";") if values else v) for k, v in SWEEP.items() if not named or k in named[0]}
 
 
-def sweep(ops, timer, cfgs, knobs):
+def sweep(ops, measure, cfgs, knobs):
     """Each knob's values on each conv config, one knob at a time (the others at their defaults)."""
     rows = []
     for var, cands in knobs.items():
@@ -312,7 +360,7 @@ def sweep(ops, timer, cfgs, knobs):
             triton_conv.knob.cache_clear()
             for c in cfgs:
                 OPTS["cfg"] = [c]
-                for r in bench_conv(ops, [], timer, False):
+                for r in bench_conv(ops, [], measure, False):
                     rows.append(dict(op="sweep", cfg=r["cfg"], var=var, value=cand,
                                      **{k: r[k] for p in ("fwd", "fwdbwd", "dbl") for k in (p, p + "_gpu") if k in r}))
             del os.environ[var]
@@ -322,9 +370,12 @@ def sweep(ops, timer, cfgs, knobs):
 
 
 def table(rows) -> str:
-    """One line per (op, cfg, pass): ours, best peer, ratio (peer/ours: > 1 means we are faster), memory."""
+    """One line per (op, cfg, pass): ours, best peer, ratio (peer/ours: > 1 means we are faster), memory; then
+    the same comparison by CUDA-graph replay (the GPU's time without the host's launch gaps)."""
+    nan = float("nan")
     out = [f"{'op':<8} {'config':<22} {'pass':<7} {'ours ms':>9} {'GPU ms':>7} {'best peer':>16} {'x faster':>8} "
-           f"{'our MiB':>8} {'peer MiB':>8} {'floor MB':>9} {'GB/s':>7}"]
+           f"{'our MiB':>8} {'peer MiB':>8} {'floor MB':>9} {'GB/s':>7} {'graph ms':>9} {'best peer graph':>16} "
+           f"{'x graph':>7}"]
     keys = []
     for r in rows:
         if (r["op"], r["cfg"]) not in keys:
@@ -341,11 +392,16 @@ def table(rows) -> str:
             best = min(peers, key=lambda r: r[p]) if peers else None
             bp = f"{best[p]:.3f} {best['backend']}" if best else "-"
             ratio = f"{best[p] / ours[p]:.2f}" if best else "-"
-            pm = f"{best.get(p + '_peak_MiB', float('nan')):.0f}" if best else "-"
-            out.append(f"{op[:8]:<8} {cfg:<22} {p:<7} {ours[p]:>9.3f} {ours.get(p + '_gpu', float('nan')):>7.3f} "
+            pm = f"{best.get(p + '_peak_MiB', nan):.0f}" if best else "-"
+            pg = p + "_graph"
+            graphed = [r for r in peers if r.get(pg, nan) == r.get(pg, nan) and pg in r]
+            bg = min(graphed, key=lambda r: r[pg]) if graphed else None
+            out.append(f"{op[:8]:<8} {cfg:<22} {p:<7} {ours[p]:>9.3f} {ours.get(p + '_gpu', nan):>7.3f} "
                        f"{bp:>16} {ratio:>8} "
-                       f"{ours.get(p + '_peak_MiB', float('nan')):>8.0f} {pm:>8} "
-                       f"{ours.get(p + '_floor_MB', float('nan')):>9.1f} {ours.get(p + '_GBps', float('nan')):>7.0f}")
+                       f"{ours.get(p + '_peak_MiB', nan):>8.0f} {pm:>8} "
+                       f"{ours.get(p + '_floor_MB', nan):>9.1f} {ours.get(p + '_GBps', nan):>7.0f} "
+                       f"{ours.get(pg, nan):>9.3f} {(f'{bg[pg]:.3f} ' + bg['backend']) if bg else '-':>16} "
+                       f"{(f'{bg[pg] / ours[pg]:.2f}') if bg and pg in ours else '-':>7}")
     return "\n".join(out)
 
 
@@ -380,6 +436,7 @@ def main(argv):
             OPTS["pass"] = a[7:]
     OPTS["warm"] = "--warm" in argv
     OPTS["profile"] = "--profile" in argv
+    OPTS["graph"] = "--no-graph" not in argv
     peers_on = []
     info = {}
     if "--peers" in argv and "--warm" not in argv:
@@ -394,7 +451,7 @@ def main(argv):
     print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
     if any(a.split("=")[0] == "--sweep" for a in argv):
         cfgs = range(len(CONV)) if OPTS["cfg"] is None else OPTS["cfg"]
-        res["rows"] += sweep(ops, lambda fn: med_ms(fn, warm=5, rep=20), cfgs, _sweep_knobs(argv))
+        res["rows"] += sweep(ops, sweep_measure, cfgs, _sweep_knobs(argv))
         print("\n".join(f"sweep {r['cfg']:<16} {r['var']:<22} {r['value']:<9} "
                         + " ".join(f"{p} {r.get(p, float('nan')):.3f} (GPU {r.get(p + '_gpu', float('nan')):.3f})"
                                    for p in ("fwd", "fwdbwd", "dbl"))
@@ -402,7 +459,7 @@ def main(argv):
         parts = []
     for part, fn in (("sh", bench_sh), ("conv", bench_conv), ("sc", bench_sc)):
         if part in parts:
-            res["rows"] += fn(ops, peers_on, med_ms, quick)
+            res["rows"] += fn(ops, peers_on, measure, quick)
     if OPTS["warm"]:
         print("warm:", argv, [{k: v for k, v in r.items() if k.endswith("_first_s")} for r in res["rows"]])
         return

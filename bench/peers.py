@@ -42,20 +42,20 @@ def _configs(backend):
     return None, None
 
 
-def sh_rows(vec, backends, timer):
+def sh_rows(vec, backends, measure):
     from e3nn import o3
     rows = []
     if "e3nn" in backends:
-        rows.append(dict(backend="e3nn", fwd=timer(lambda: o3.spherical_harmonics([0, 1, 2, 3], vec, normalize=True,
-                                                                                  normalization="component"))))
+        rows.append(_timed_passes(dict(backend="e3nn"), measure, fwd=lambda: o3.spherical_harmonics(
+            [0, 1, 2, 3], vec, normalize=True, normalization="component")))
     if "cueq" in backends:
         import cuequivariance_torch as cuet
         sh = cuet.SphericalHarmonics([0, 1, 2, 3], normalize=True, device=vec.device)
-        rows.append(dict(backend="cueq", fwd=timer(lambda: sh(vec))))
+        rows.append(_timed_passes(dict(backend="cueq"), measure, fwd=lambda: sh(vec)))
     return rows
 
 
-def conv_rows(lmax_in, C, send, recv, n_nodes, backends, timer, peak):
+def conv_rows(lmax_in, C, send, recv, n_nodes, backends, measure):
     """MACE conv TP (uvu, per-edge weights, gather + scatter-sum) for node irreps C x (0e..lmax_in natural
     parity), sh l <= 3, targets l <= 3 of both parities (MACE's irreps_mid): fwd, fwd+bwd, force-train."""
     from e3nn import o3
@@ -96,23 +96,23 @@ def conv_rows(lmax_in, C, send, recv, n_nodes, backends, timer, peak):
                 Yv = o3.spherical_harmonics([0, 1, 2, 3], vec, normalize=True, normalization="component")
                 (f,) = torch.autograd.grad((tp(x, Yv, w, ei) * g).sum(), vec, create_graph=True)
                 torch.autograd.grad((f * f).sum(), [x, w])
-            rows.append(_timed_passes(dict(backend=backend, paths=len(instr), weight_numel=tp.weight_numel),
-                                      fwd, fwdbwd, dbl, timer, peak))
+            rows.append(_timed_passes(dict(backend=backend, paths=len(instr), weight_numel=tp.weight_numel), measure,
+                                      fwd=fwd, fwdbwd=fwdbwd, dbl=dbl))
         except Exception as e:
             traceback.print_exc()
             rows.append(dict(backend=backend, error=repr(e)[:300]))
     return rows
 
 
-def _timed_passes(row: dict, fwd, fwdbwd, dbl, timer, peak) -> dict:
-    """row plus the median time and peak memory of each pass (forward, forward+backward, double backward)."""
-    for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)):
-        row[name] = timer(fn)
-        row[name + "_peak_MiB"] = peak(fn)
+def _timed_passes(row: dict, measure, **passes) -> dict:
+    """row plus the figures of each pass (fwd, fwdbwd, dbl: forward, forward+backward, double backward) that
+    bench/kernels.py's `measure` takes of ours, under the same keys."""
+    for name, fn in passes.items():
+        row.update((name + k, v) for k, v in measure(fn).items())
     return row
 
 
-def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, timer, peak):
+def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, measure):
     """MACE EquivariantProductBasisBlock (symmetric contraction + linear) for C x (l <= lmax_in) -> l <= lmax_out."""
     from e3nn import o3
     from mace.modules.blocks import EquivariantProductBasisBlock
@@ -144,7 +144,7 @@ def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, timer, peak):
             def dbl():
                 (gx,) = torch.autograd.grad((blk(x, None, attrs) * go).sum(), x, create_graph=True)
                 torch.autograd.grad((gx * gx).sum(), params)
-            rows.append(_timed_passes(dict(backend=backend), fwd, fwdbwd, dbl, timer, peak))
+            rows.append(_timed_passes(dict(backend=backend), measure, fwd=fwd, fwdbwd=fwdbwd, dbl=dbl))
         except Exception as e:
             traceback.print_exc()
             rows.append(dict(backend=backend, error=repr(e)[:300]))

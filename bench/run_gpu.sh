@@ -4,6 +4,7 @@
 #   PEERS=cueq,oeq bash bench/run_gpu.sh            # everything, ours and the peers
 #   PARTS="sh conv" NO_PEERS=1 SWEEP=1 NO_TESTS=1 bash bench/run_gpu.sh
 #   SWEEP=1 SWEEP_ARGS="--sweep=TUMBLER_CONV_NODE_CFG --cfg=0,1,2" ...   (some knobs, some configs)
+#   TCACHE_OUT=1 ...   also writes Triton's kernel cache to $OUT/tcache.tgz (carry it back as .tcache/tcache.tgz)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 TRITON_CACHE_DIR=/tmp/tc
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/tc
@@ -30,9 +31,10 @@ echo "warm stage: $(( $(date +%s) - T0 )) s"; grep -i "error\|Traceback" "$OUT/w
 wait
 # 2. timed run, ours and the peers in one process (PEERS=cueq,oeq skips e3nn, never the best peer)
 args=$PARTS; [ -z "${NO_PEERS:-}" ] && args="$args --peers"
-PYTHONPATH=/tmp/peers TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout ${BENCH_S:-220} python3 bench/kernels.py $args 2>&1 \
+PYTHONPATH=/tmp/peers TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout ${BENCH_S:-400} python3 bench/kernels.py $args 2>&1 \
   | grep -v "Warning\|warn(" | tee "$OUT/bench.log" | tail -40
 echo "bench done: $(( $(date +%s) - T0 )) s"
+[ -n "${TCACHE_OUT:-}" ] && tar czf "$OUT/tcache.tgz" -C /tmp tc
 if [ -n "${SWEEP:-}" ]; then
   timeout ${SWEEP_S:-150} python3 bench/kernels.py --sweep ${SWEEP_ARGS:-} 2>&1 | grep "^sweep" | tee "$OUT/sweep.log"
   echo "sweep done: $(( $(date +%s) - T0 )) s"
