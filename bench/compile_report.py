@@ -7,6 +7,7 @@ compare two versions of a generator, before a GPU run.
     python bench/compile_report.py sc 3,1,3 bwd 8,32,64,4
     python bench/compile_report.py sc 3,2,3 dbl:0 4,32,64,4    (one output slot of the second-order kernel)
     python bench/compile_report.py sc 3,2,3 dbl-plan 4,32,64,4 (each kernel the model launches for it)
+    MAXNREG=64 python bench/compile_report.py ...               (with Triton's register cap, as a launch's maxnreg)
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def usage(kernel, sig, constexprs, num_warps) -> str:
     attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(sig.items())
              if ty.startswith("*") or name in ("C", "E")}
     c = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+                       target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": num_warps, **({"maxnreg": int(os.environ["MAXNREG"])} if os.environ.get("MAXNREG") else {})})
     dt = time.time() - t
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(c.asm["cubin"])

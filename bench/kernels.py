@@ -340,6 +340,7 @@ SWEEP = {  # tuning knobs of kernels/triton/conv.py (knob(), cleared after each 
     "TUMBLER_CONV_EDGE_CFG": ["8,32,8", "4,32,4", "4,64,8", "2,128,8"],
     "TUMBLER_CONV_STAGES": ["1", "2", "4", "5"],
     "TUMBLER_CONV_SENDER": ["off", "noY"],
+    "TUMBLER_CONV_SENDER_FORM": ["output", "component"],
 }
 
 

@@ -61,10 +61,22 @@ def _edge_kernel(tab: ConvTable):
     return load_source(edge_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
 
 
-@lru_cache(maxsize=None)
 def _sender_kernel(tab: ConvTable):
-    name = f"conv_sender_{tab.key}"
-    return load_source(sender_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P), name)
+    return _sender_kernel_in_form(tab, sender_by_component(tab.K_in))
+
+
+@lru_cache(maxsize=None)
+def _sender_kernel_in_form(tab: ConvTable, by_component: bool):
+    name = f"conv_sender_{tab.key}{'_c' if by_component else ''}"
+    return load_source(sender_kernel_source(name, tab.entries, tab.K_in, tab.K_sh, tab.K_out, tab.P, by_component),
+                       name)
+
+
+def sender_by_component(K_in: int) -> bool:
+    """Whether the sender pass's loop takes one g component at a time (conv_codegen._sender_terms_by_component)
+    or loads them all first (_by_output). TUMBLER_CONV_SENDER_FORM: auto | component | output."""
+    form = knob("TUMBLER_CONV_SENDER_FORM", "auto")
+    return K_in > 1 if form == "auto" else form == "component"
 
 
 def _tile(env: str, C: int):

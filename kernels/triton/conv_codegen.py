@@ -163,13 +163,14 @@ def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> s
     return "\n".join(L) + "\n"
 
 
-def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> str:
+def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int, by_component: bool) -> str:
     """Sender-segment kernel: one program per (sender node j, channel block cb).
 
     table: (k1, k2, k3, p, w) CG entries. H: [N, KH, C]; G: [N, KG, C] (row RECV[e]); Y: [E, KY];
     R: [E, P, C]; PTR [N+1] / PERM [E]: the sender segments (send_ptr, send_perm). Writes, as asked:
     DH [N, KH, C] = dF/dh (NEED_H); DR [E, P, C] = dF/dR (NEED_R); DY [NCB, E, KY] = the channel block's
-    part of dF/dY (NEED_Y; the launcher sums the NCB blocks in a fixed order).
+    part of dF/dY (NEED_Y; the launcher sums the NCB blocks in a fixed order). by_component picks the loop
+    body: one g component at a time (_sender_terms_by_component) or all of them first (_by_output).
     """
     used_a = sorted({t[0] for t in table})
     L = []
@@ -196,7 +197,7 @@ def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) ->
     L.append("        m2 = em[:, None] & cm[None, :]")
     L.append(f"        grow = G + r[:, None] * ({KG} * C) + c[None, :]")
     L.append(f"        rrow = eid[:, None] * ({P} * C) + c[None, :]")
-    L += (_sender_terms_by_component if KH > 1 else _sender_terms_by_output)(table, KY)
+    L += (_sender_terms_by_component if by_component else _sender_terms_by_output)(table, KY)
     L.append("    if NEED_H:")
     L.append(f"        orow = DH + node * ({KH} * C) + c")
     for a in range(KH):
@@ -240,17 +241,21 @@ def _sender_terms_by_output(table, KY: int) -> list:
 def _sender_terms_by_component(table, KY: int) -> list:
     """The same for an input with several components (l >= 1): one g component at a time, its products
     accumulated into dh, dR[p] and the channel-resolved dY[b] at once. Each per-edge coupling coefficient is
-    used where it is formed and g[o] * coef is shared by dh and dR. H200, GPU time of fwd+bwd (v9): 32ch l<=3
-    at 20k 0.160 -> 0.137 ms, 64ch l<=2 at 150k 1.402 -> 1.237 ms, 128ch l<=1 unchanged; at l=0 it made the
-    force-train pass slower (0.146 -> 0.179 ms), hence the other form there."""
+    used where it is formed and g[o] * coef is shared by dh and dR; dY[b] is reduced over the channels and
+    stored right after the last g component it needs, so at most the dY sums still open are live. H200, GPU
+    time of fwd+bwd (v9): 32ch l<=3 at 20k 0.160 -> 0.137 ms, 64ch l<=2 at 150k 1.402 -> 1.237 ms, 128ch l<=1
+    unchanged; at l=0 it made the force-train pass slower (0.146 -> 0.179 ms), hence the other form there."""
     by_o: dict = defaultdict(lambda: defaultdict(list))  # o -> (a, p) -> [(b, w)]
+    last_o: dict = {}  # b -> the last g component whose terms reach dY[b]
     for a, b, o, p, w in table:
         by_o[o][(a, p)].append((b, w))
-    used_b = sorted({t[1] for t in table})
+        last_o[b] = max(o, last_o.get(b, o))
     used_p = sorted({t[3] for t in table})
     L = _edge_loads(table, KY)
     L += ["        if NEED_R:"] + [f"            dr{p} = tl.zeros([BE, BC], dt)" for p in used_p]
-    L += ["        if NEED_Y:"] + [f"            dyc{b} = tl.zeros([BE, BC], dt)" for b in used_b]
+    L += ["        if NEED_Y:", f"            dyrow = DY + (cb * E + eid) * {KY}"]
+    L += [f"            tl.store(dyrow + {b}, tl.zeros([BE], dt), mask=em)" for b in range(KY) if b not in last_o]
+    open_b: set = set()  # dY sums with an accumulator (more than one g component reaches them)
     for o, by_ap in sorted(by_o.items()):
         L.append(f"        g{o} = tl.load(grow + {o} * C, mask=m2, other=0.0)")
         L.append("        if NEED_H or NEED_R:")
@@ -265,9 +270,14 @@ def _sender_terms_by_component(table, KY: int) -> list:
                 by_b_here[b].append((a, p, w))
         L.append("        if NEED_Y:")
         for b, apw in sorted(by_b_here.items()):
-            L.append(f"            dyc{b} += g{o} * ({' + '.join(f'{lit(w)} * r{p} * h{a}' for a, p, w in apw)})")
-    L += ["        if NEED_R:"] + [f"            tl.store(DR + rrow + {p} * C, dr{p}, mask=m2)" for p in used_p]
-    return L + _dY_stores(KY, {b: f"dyc{b}" for b in used_b})
+            term = f"g{o} * ({' + '.join(f'{lit(w)} * r{p} * h{a}' for a, p, w in apw)})"
+            if last_o[b] == o:
+                total = f"dyc{b} + {term}" if b in open_b else term
+                L.append(f"            tl.store(dyrow + {b}, tl.reduce({total}, 1, _add), mask=em)")
+            else:
+                L.append(f"            dyc{b} = dyc{b} + {term}" if b in open_b else f"            dyc{b} = {term}")
+                open_b.add(b)
+    return L + ["        if NEED_R:"] + [f"            tl.store(DR + rrow + {p} * C, dr{p}, mask=m2)" for p in used_p]
 
 
 def _dY_stores(KY: int, summands: dict) -> list:
