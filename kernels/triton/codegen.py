@@ -65,3 +65,14 @@ def next_pow2(n: int) -> int:
 
 def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
+
+
+def cached_hash(obj, *fields) -> int:
+    """hash(fields), computed once per object. For the frozen tables (ConvTable, poly.Form) that the launchers
+    look up in lru_caches at every call: tuples do not cache their hash, and hashing a table of hundreds of
+    entries each time cost 10-100 us of host time per lookup (a contraction's fwd+bwd did five)."""
+    h = obj.__dict__.get("_hash")
+    if h is None:
+        h = hash(fields)
+        object.__setattr__(obj, "_hash", h)
+    return h

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from .codegen import cdiv, load_source, next_pow2
+from .codegen import cached_hash, cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
 from .tuning import knob
 
@@ -27,6 +27,9 @@ class ConvTable:
     K_out: int
     P: int
     entries: tuple  # ((k1, k2, k3, p, w), ...) float64 coefficients
+
+    def __hash__(self):
+        return cached_hash(self, self.K_in, self.K_sh, self.K_out, self.P, self.entries)
 
     @property
     def key(self) -> str:

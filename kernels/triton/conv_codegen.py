@@ -241,21 +241,17 @@ def _sender_terms_by_output(table, KY: int) -> list:
 def _sender_terms_by_component(table, KY: int) -> list:
     """The same for an input with several components (l >= 1): one g component at a time, its products
     accumulated into dh, dR[p] and the channel-resolved dY[b] at once. Each per-edge coupling coefficient is
-    used where it is formed and g[o] * coef is shared by dh and dR; dY[b] is reduced over the channels and
-    stored right after the last g component it needs, so at most the dY sums still open are live. H200, GPU
-    time of fwd+bwd (v9): 32ch l<=3 at 20k 0.160 -> 0.137 ms, 64ch l<=2 at 150k 1.402 -> 1.237 ms, 128ch l<=1
-    unchanged; at l=0 it made the force-train pass slower (0.146 -> 0.179 ms), hence the other form there."""
+    used where it is formed and g[o] * coef is shared by dh and dR. H200, GPU time of fwd+bwd (v9): 32ch l<=3
+    at 20k 0.160 -> 0.137 ms, 64ch l<=2 at 150k 1.402 -> 1.237 ms, 128ch l<=1 unchanged; at l=0 it made the
+    force-train pass slower (0.146 -> 0.179 ms), hence the other form there."""
     by_o: dict = defaultdict(lambda: defaultdict(list))  # o -> (a, p) -> [(b, w)]
-    last_o: dict = {}  # b -> the last g component whose terms reach dY[b]
     for a, b, o, p, w in table:
         by_o[o][(a, p)].append((b, w))
-        last_o[b] = max(o, last_o.get(b, o))
+    used_b = sorted({t[1] for t in table})
     used_p = sorted({t[3] for t in table})
     L = _edge_loads(table, KY)
     L += ["        if NEED_R:"] + [f"            dr{p} = tl.zeros([BE, BC], dt)" for p in used_p]
-    L += ["        if NEED_Y:", f"            dyrow = DY + (cb * E + eid) * {KY}"]
-    L += [f"            tl.store(dyrow + {b}, tl.zeros([BE], dt), mask=em)" for b in range(KY) if b not in last_o]
-    open_b: set = set()  # dY sums with an accumulator (more than one g component reaches them)
+    L += ["        if NEED_Y:"] + [f"            dyc{b} = tl.zeros([BE, BC], dt)" for b in used_b]
     for o, by_ap in sorted(by_o.items()):
         L.append(f"        g{o} = tl.load(grow + {o} * C, mask=m2, other=0.0)")
         L.append("        if NEED_H or NEED_R:")
@@ -270,14 +266,9 @@ def _sender_terms_by_component(table, KY: int) -> list:
                 by_b_here[b].append((a, p, w))
         L.append("        if NEED_Y:")
         for b, apw in sorted(by_b_here.items()):
-            term = f"g{o} * ({' + '.join(f'{lit(w)} * r{p} * h{a}' for a, p, w in apw)})"
-            if last_o[b] == o:
-                total = f"dyc{b} + {term}" if b in open_b else term
-                L.append(f"            tl.store(dyrow + {b}, tl.reduce({total}, 1, _add), mask=em)")
-            else:
-                L.append(f"            dyc{b} = dyc{b} + {term}" if b in open_b else f"            dyc{b} = {term}")
-                open_b.add(b)
-    return L + ["        if NEED_R:"] + [f"            tl.store(DR + rrow + {p} * C, dr{p}, mask=m2)" for p in used_p]
+            L.append(f"            dyc{b} += g{o} * ({' + '.join(f'{lit(w)} * r{p} * h{a}' for a, p, w in apw)})")
+    L += ["        if NEED_R:"] + [f"            tl.store(DR + rrow + {p} * C, dr{p}, mask=m2)" for p in used_p]
+    return L + _dY_stores(KY, {b: f"dyc{b}" for b in used_b})
 
 
 def _dY_stores(KY: int, summands: dict) -> list:

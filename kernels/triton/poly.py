@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .codegen import lit
+from .codegen import cached_hash, lit
 
 SUM_CHUNK = 32  # terms per emitted partial sum (see kernel_source.total)
 
@@ -27,6 +27,9 @@ SUM_CHUNK = 32  # terms per emitted partial sum (see kernel_source.total)
 class Form:
     slots: tuple  # ((kind, K), ...), kind in {"node", "weight"}
     terms: tuple  # ((coeff, ((slot, comp), ...) sorted), ...)
+
+    def __hash__(self):
+        return cached_hash(self, self.slots, self.terms)
 
     def pullback(self, s: int) -> "Form":
         """The form sum_i G_i dF/d(slot s)_i, with G appended as a new slot of the kind and size of s."""
