@@ -69,18 +69,19 @@ def _select(cfgs, quick):
 
 
 def _passes(pairs):
-    return [(p, fn) for p, fn in pairs if OPTS["pass"] is None or p in OPTS["pass"].split(",")]
+    return [pair for pair in pairs if OPTS["pass"] is None or pair[0] in OPTS["pass"].split(",")]
 
 
 def _measure(r, pairs, measure, floor):
-    for p, fn in _passes(pairs):
+    """pairs: (pass, fn) or (pass, fn, graph_fn), graph_fn the same pass in a form a CUDA graph can capture."""
+    for p, fn, *graph_fn in _passes(pairs):
         t0 = time.time()
         fn()
         torch.cuda.synchronize()
         r[p + "_first_s"] = time.time() - t0  # includes compilation (unless the cache was warm)
         if OPTS["warm"]:
             continue
-        r.update((p + k, v) for k, v in measure(fn).items())
+        r.update((p + k, v) for k, v in measure(fn, *graph_fn).items())
         r[p + "_floor_MB"] = floor[p] / 1e6
         r[p + "_GBps"] = floor[p] / 1e6 / r[p]
         if OPTS["profile"]:
@@ -179,19 +180,19 @@ def graph_ms(fn, reps=20, rounds=7):
 LAST_GRAPH_ERROR = [None]
 
 
-def measure(fn) -> dict:
+def measure(fn, graph_fn=None) -> dict:
     """The figures of one pass, by key suffix: "" median ms of synced calls (CUDA events), "_host" their host
     part, "_gpu" the sum of the call's kernel times, "_peak_MiB" peak memory, "_graph" ms of one call replayed
-    from a CUDA graph (OPTS["graph"]; "_graph_error" if it could not be captured)."""
+    from a CUDA graph (of graph_fn if given; OPTS["graph"]; "_graph_error" if it could not be captured)."""
     out = {"": med_ms(fn), "_host": LAST_HOST_MS[0], "_gpu": gpu_ms(fn), "_peak_MiB": peak_mib(fn)}
     if OPTS["graph"]:
-        out["_graph"] = graph_ms(fn)
+        out["_graph"] = graph_ms(graph_fn or fn)
         if LAST_GRAPH_ERROR[0]:
             out["_graph_error"] = LAST_GRAPH_ERROR[0]
     return out
 
 
-def sweep_measure(fn) -> dict:
+def sweep_measure(fn, graph_fn=None) -> dict:
     return {"": med_ms(fn, warm=5, rep=20), "_gpu": gpu_ms(fn)}
 
 
@@ -298,32 +299,38 @@ def bench_sh(ops, peers_on, measure, quick):
 
 
 def bench_sc(ops, peers_on, measure, quick):
+    from kernels.fixed_species import triton_contraction
     rows = []
     for name, lmax_in, lmax_out, C, n, n_el in _select(SC, quick):
         spec = kernels.ContractionSpec(lmax_in, lmax_out, 3)
         g = torch.Generator().manual_seed(0)
         species = torch.randint(0, n_el, (n,), generator=g).to(DEV)
-        x = torch.randn(n, spec.dim_in, C, device=DEV, requires_grad=True)
-        W = torch.randn(n_el, spec.num_weights, C, device=DEV, requires_grad=True)
-        go = torch.randn(n, spec.dim_out, C, device=DEV)
+        x = torch.randn(n, spec.dim_in, C, generator=g).to(DEV).requires_grad_(True)
+        W = torch.randn(n_el, spec.num_weights, C, generator=g).to(DEV).requires_grad_(True)
+        go = torch.randn(n, spec.dim_out, C, generator=g).to(DEV)
+        # the op checks the species on the host at each call; a CUDA graph replays the one with its plan made
+        # once (kernels/fixed_species.py, as the MD engine uses it)
+        planned = triton_contraction(species, n_el, C)
 
-        def fwd():
-            with torch.no_grad():
-                ops.symmetric_contraction(x, species, W, spec)
+        def passes(sc):
+            def fwd():
+                with torch.no_grad():
+                    sc(x, species, W, spec)
 
-        def fwdbwd():
-            torch.autograd.grad(ops.symmetric_contraction(x, species, W, spec), [x, W], go)
+            def fwdbwd():
+                torch.autograd.grad(sc(x, species, W, spec), [x, W], go)
 
-        def dbl():
-            (gx,) = torch.autograd.grad((ops.symmetric_contraction(x, species, W, spec) * go).sum(), x,
-                                        create_graph=True)
-            torch.autograd.grad((gx * gx).sum(), [W])
+            def dbl():
+                (gx,) = torch.autograd.grad((sc(x, species, W, spec) * go).sum(), x, create_graph=True)
+                torch.autograd.grad((gx * gx).sum(), [W])
+            return fwd, fwdbwd, dbl
         xb, ob, wb = n * spec.dim_in * C * F4, n * spec.dim_out * C * F4, n_el * spec.num_weights * C * F4
         floor = {"fwd": xb + ob + wb + n * 8, "fwdbwd": 2 * xb + 2 * ob + 2 * wb + n * 8,
                  "dbl": xb + ob + 2 * wb + n * 8}
         r = dict(op="symmetric_contraction", cfg=name, backend="tumbler", nodes=n, channels=C, elements=n_el,
                  weights=spec.num_weights)
-        _measure(r, (("fwd", fwd), ("fwdbwd", fwdbwd), ("dbl", dbl)), measure, floor)
+        _measure(r, tuple(zip(("fwd", "fwdbwd", "dbl"), passes(ops.symmetric_contraction), passes(planned))),
+                 measure, floor)
         rows.append(r)
         print(json.dumps(r), flush=True)
         if peers_on:

@@ -129,10 +129,11 @@ def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, measure):
             blk = EquivariantProductBasisBlock(irreps_in, irreps_out, corr, use_sc=False, num_elements=n_el,
                                                cueq_config=cq).to(dev)
             shape = (n, C, K) if backend == "e3nn" else (n, K, C)
-            x = torch.randn(*shape, device=dev, requires_grad=True)
+            # drawn on the CPU: a capture that fails (bench/kernels.py graph_ms) can leave the CUDA generator unusable
+            x = torch.randn(*shape).to(dev).requires_grad_(True)
             params = [p for p in blk.parameters() if p.requires_grad]
             with torch.no_grad():
-                go = torch.randn_like(blk(x, None, attrs))
+                go = torch.randn(blk(x, None, attrs).shape).to(dev)
 
             def fwd():
                 with torch.no_grad():
