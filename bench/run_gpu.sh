@@ -4,6 +4,7 @@
 #   PEERS=cueq,oeq bash bench/run_gpu.sh            # everything, ours and the peers
 #   PARTS="sh conv" NO_PEERS=1 SWEEP=1 NO_TESTS=1 bash bench/run_gpu.sh
 #   SWEEP=1 SWEEP_ARGS="--sweep=TUMBLER_CONV_NODE_CFG --cfg=0,1,2" ...   (some knobs, some configs)
+# Carry .tcache, .peers and .whl (ASE and vesin wheels, for the whole-model test).
 #   TCACHE_OUT=1 ...   also writes Triton's kernel cache to $OUT/tcache.tgz (carry it back as .tcache/tcache.tgz)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 TRITON_CACHE_DIR=/tmp/tc
@@ -13,6 +14,9 @@ PARTS=${PARTS:-"sh conv sc"}
 T0=$(date +%s)
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+# the whole-model GPU test builds its structures with ASE: install the carried wheels (.whl), if any
+ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD
 if [ -z "${NO_PEERS:-}" ] && [ -f .peers/peers.tar.xz ]; then mkdir -p /tmp/peers && tar xJf .peers/peers.tar.xz -C /tmp/peers & fi
 # 1. compile every kernel the timed runs need, in parallel processes (each one pass of one config)
 jobs=()
@@ -31,7 +35,7 @@ echo "warm stage: $(( $(date +%s) - T0 )) s"; grep -i "error\|Traceback" "$OUT/w
 wait
 # 2. timed run, ours and the peers in one process (PEERS=cueq,oeq skips e3nn, never the best peer)
 args=$PARTS; [ -z "${NO_PEERS:-}" ] && args="$args --peers"
-PYTHONPATH=/tmp/peers TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout ${BENCH_S:-400} python3 bench/kernels.py $args 2>&1 \
+PYTHONPATH=/tmp/peers:${PYTHONPATH:-} TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 timeout ${BENCH_S:-400} python3 bench/kernels.py $args 2>&1 \
   | grep -v "Warning\|warn(" | tee "$OUT/bench.log" | tail -40
 echo "bench done: $(( $(date +%s) - T0 )) s"
 [ -n "${TCACHE_OUT:-}" ] && tar czf "$OUT/tcache.tgz" -C /tmp tc
