@@ -38,10 +38,12 @@ def _kernel(form: Form, outs: tuple, comps: tuple | None = None):
 
 
 # Monomials per generated kernel. Above this, one kernel per output slot, and a node slot's components split
-# into balanced groups. The l<=3 -> l<=2 second order (14,566 monomials) compiled for sm_90 in 241 s with
-# 9.6 KB of spilled stack per thread; its slots apart took 50 + 38 + 24 s (bench/NOTES.md). Every other
-# form of the benchmarks and models (l<=3 -> l<=1 second order: 5,173) stays one kernel.
-MAX_MONOMIALS = 6000
+# into balanced groups. A kernel of thousands of monomials holds 255 registers and spills: the l<=3 -> l<=1
+# backward (1,368 monomials for dx, 552 for dW) as one kernel took 0.401 ms on the H200 (CUDA-graph replay,
+# fwd+bwd at 5k nodes), as three (dx in two component groups, dW) 0.284 ms; its second order went from one
+# kernel to seven, 0.487 -> 0.508 ms. The l<=3 -> l<=2 second order (14,566 monomials) compiled for sm_90 in
+# 241 s as one kernel; split, its parts compile in a fraction of that (bench/NOTES.md).
+MAX_MONOMIALS = 1200
 
 
 @lru_cache(maxsize=None)
