@@ -37,7 +37,7 @@ EDGE_SIG = {"H": "*fp32", "G": "*fp32", "Y": "*fp32", "R": "*fp32", "DY": "*fp32
             "SEND": "*i64", "RECV": "*i64", "E": "i32", "C": "i32", "BE": "constexpr", "BC": "constexpr",
             "NEED_Y": "constexpr", "NEED_R": "constexpr"}
 SENDER_SIG = {"H": "*fp32", "G": "*fp32", "Y": "*fp32", "R": "*fp32", "DH": "*fp32", "DY": "*fp32", "DR": "*fp32",
-              "PTR": "*i64", "PERM": "*i64", "RECV": "*i64", "E": "i32", "C": "i32", "BE": "constexpr",
+              "ORDER": "*i64", "PTR": "*i64", "PERM": "*i64", "RECV": "*i64", "E": "i32", "C": "i32", "BE": "constexpr",
               "BC": "constexpr", "NEED_H": "constexpr", "NEED_Y": "constexpr", "NEED_R": "constexpr"}
 
 

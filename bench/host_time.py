@@ -234,7 +234,8 @@ def _parts(h, Y, R, g, graph, spec):
 
     def launch_sender():
         triton_conv._sender_kernel(tab)[(n, ncb)](
-            hd, g, Yd, Rd, dh, parts, dR, graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=sbe, BC=sbc,
+            hd, g, Yd, Rd, dh, parts, dR, graph.send_order, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
+            BE=sbe, BC=sbc,
             NEED_H=True, NEED_Y=True, NEED_R=True, num_warps=snw, num_stages=3)
 
     def conv_recv():

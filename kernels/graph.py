@@ -16,7 +16,9 @@ class Graph(NamedTuple):
     """senders [E] int64, receivers [E] int64 (non-decreasing), num_nodes N,
     recv_ptr [N+1] int64 (edges of receiver i are recv_ptr[i]:recv_ptr[i+1]),
     send_perm [E] int64 (edge ids ordered by sender, stable), send_ptr [N+1] int64
-    (send_perm[send_ptr[i]:send_ptr[i+1]] are the edges sent by node i). All on one device."""
+    (send_perm[send_ptr[i]:send_ptr[i+1]] are the edges sent by node i), send_order [N] int64 (the nodes by
+    decreasing out-degree, stable: the order in which the sender-segment kernels take them, so that the longest
+    segments start first and the last wave of programs is short). All on one device."""
 
     senders: torch.Tensor
     receivers: torch.Tensor
@@ -24,6 +26,7 @@ class Graph(NamedTuple):
     recv_ptr: torch.Tensor
     send_perm: torch.Tensor
     send_ptr: torch.Tensor
+    send_order: torch.Tensor
 
     @property
     def num_edges(self) -> int:
@@ -34,6 +37,11 @@ def _ptr(sorted_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """CSR pointer [N+1] of a sorted index vector [E]: ptr[i] = number of entries < i."""
     nodes = torch.arange(num_nodes + 1, device=sorted_index.device, dtype=torch.int64)
     return torch.searchsorted(sorted_index, nodes, right=False)
+
+
+def by_degree(ptr: torch.Tensor) -> torch.Tensor:
+    """Nodes [N] by decreasing segment length (stable) from a CSR pointer [N+1]; no host synchronisation."""
+    return torch.argsort(ptr[:-1] - ptr[1:], stable=True)
 
 
 def make_graph(senders: torch.Tensor, receivers: torch.Tensor, num_nodes: int, *, check: bool = True) -> Graph:
@@ -74,13 +82,15 @@ def make_graph(senders: torch.Tensor, receivers: torch.Tensor, num_nodes: int, *
                 f"{int(receivers[e])} > receivers[{e + 1}] = {int(receivers[e + 1])}"
             )
     send_perm = torch.argsort(senders, stable=True)
+    send_ptr = _ptr(senders[send_perm], num_nodes)
     return Graph(
         senders=senders,
         receivers=receivers,
         num_nodes=num_nodes,
         recv_ptr=_ptr(receivers, num_nodes),
         send_perm=send_perm,
-        send_ptr=_ptr(senders[send_perm], num_nodes),
+        send_ptr=send_ptr,
+        send_order=by_degree(send_ptr),
     )
 
 
@@ -104,12 +114,14 @@ def edge_chunks(graph: Graph, size: int) -> Iterator[tuple[int, int, Graph]]:
         in_segments = torch.arange(lo, hi, device=senders.device) < graph.recv_ptr[-1]  # [hi-lo]
         keys = torch.where(in_segments, senders, graph.num_nodes)  # [hi-lo]
         send_perm = torch.argsort(keys, stable=True)  # [hi-lo], chunk-local edge ids ordered by sender
+        send_ptr = _ptr(keys[send_perm], graph.num_nodes)  # [N+1]
         sub = Graph(
             senders=senders,
             receivers=graph.receivers[lo:hi],
             num_nodes=graph.num_nodes,
             recv_ptr=graph.recv_ptr.clamp(lo, hi) - lo,  # [N+1]: edges of receiver i within [lo, hi), shifted
             send_perm=send_perm,
-            send_ptr=_ptr(keys[send_perm], graph.num_nodes),  # [N+1]
+            send_ptr=send_ptr,
+            send_order=by_degree(send_ptr),  # [N]
         )
         yield lo, hi, sub

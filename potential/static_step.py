@@ -46,6 +46,7 @@ import torch
 
 import kernels
 from kernels.fixed_species import grouped_contraction, triton_contraction
+from kernels.graph import by_degree
 
 from .device_neighbors import BatchNeighbors
 from .model import edge_vectors, row_times
@@ -341,7 +342,7 @@ class StaticStep:
         send_ptr = torch.searchsorted(senders.index_select(0, send_perm), self.nodes)
         recv_ptr = torch.cat([recv_ptr[: n + 1], recv_ptr[n : n + 1]])  # dummy segment emptied
         send_ptr = torch.cat([send_ptr[: n + 1], send_ptr[n : n + 1]])
-        return kernels.Graph(senders, receivers, n + 1, recv_ptr, send_perm, send_ptr)
+        return kernels.Graph(senders, receivers, n + 1, recv_ptr, send_perm, send_ptr, by_degree(send_ptr))
 
     def _node_energy(self, vec: torch.Tensor, graph) -> torch.Tensor:
         """Per-atom energies [N+1] float64: the model's own energy model (Potential.node_energies), with this

@@ -216,7 +216,7 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     dY_parts = torch.empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh), dtype=dt, device=dev) if need_Y else None
     _sender_kernel(tab)[(N, ncb)](
         h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh, dY_parts if need_Y else dh,
-        dR if need_R else dh, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
+        dR if need_R else dh, graph.send_order, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
         BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
     dY = (dY_parts if ncb == 1 else dY_parts.sum(0)) if need_Y else None
     return dh, dY, dR

@@ -167,7 +167,8 @@ def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int, by
     """Sender-segment kernel: one program per (sender node j, channel block cb).
 
     table: (k1, k2, k3, p, w) CG entries. H: [N, KH, C]; G: [N, KG, C] (row RECV[e]); Y: [E, KY];
-    R: [E, P, C]; PTR [N+1] / PERM [E]: the sender segments (send_ptr, send_perm). Writes, as asked:
+    R: [E, P, C]; PTR [N+1] / PERM [E]: the sender segments (send_ptr, send_perm), ORDER [N] the order in which
+    the programs take the nodes (send_order: longest segment first). Writes, as asked:
     DH [N, KH, C] = dF/dh (NEED_H); DR [E, P, C] = dF/dR (NEED_R); DY [NCB, E, KY] = the channel block's
     part of dF/dY (NEED_Y; the launcher sums the NCB blocks in a fixed order). by_component picks the loop
     body: one g component at a time (_sender_terms_by_component) or all of them first (_by_output).
@@ -175,9 +176,9 @@ def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int, by
     used_a = sorted({t[0] for t in table})
     L = []
     L.append("@triton.jit")
-    L.append(f"def {name}(H, G, Y, R, DH, DY, DR, PTR, PERM, RECV, E, C, BE: tl.constexpr, BC: tl.constexpr, "
+    L.append(f"def {name}(H, G, Y, R, DH, DY, DR, ORDER, PTR, PERM, RECV, E, C, BE: tl.constexpr, BC: tl.constexpr, "
              "NEED_H: tl.constexpr, NEED_Y: tl.constexpr, NEED_R: tl.constexpr):")
-    L.append("    node = tl.program_id(0).to(tl.int64)")
+    L.append("    node = tl.load(ORDER + tl.program_id(0))  # longest segments first")
     L.append("    cb = tl.program_id(1)")
     L.append("    c = cb * BC + tl.arange(0, BC)")
     L.append("    cm = c < C")

@@ -17,7 +17,9 @@ def test_make_graph_pointers_and_sender_permutation():
     assert g.recv_ptr.tolist() == [0, 1, 3, 6, 6, 6]
     assert g.send_perm.tolist() == [1, 3, 5, 0, 4, 2]  # stable within each sender
     assert g.send_ptr.tolist() == [0, 3, 3, 5, 6, 6]
-    assert all(t.dtype == torch.int64 for t in (g.senders, g.receivers, g.recv_ptr, g.send_perm, g.send_ptr))
+    assert g.send_order.tolist() == [0, 2, 3, 1, 4]  # out-degrees 3, 0, 2, 1, 0: longest first, ties stable
+    assert all(t.dtype == torch.int64 for t in (g.senders, g.receivers, g.recv_ptr, g.send_perm, g.send_ptr,
+                                                g.send_order))
 
 
 def test_make_graph_accepts_int32_and_empty():

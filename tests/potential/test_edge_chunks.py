@@ -37,7 +37,7 @@ def test_chunks_are_the_graphs_of_the_sliced_edges(size):
         bounds.append((lo, hi))
         ref = make_graph(graph.senders[lo:hi], graph.receivers[lo:hi], graph.num_nodes)
         assert type(sub.num_nodes) is int and sub.num_nodes == ref.num_nodes
-        for field in ("senders", "receivers", "recv_ptr", "send_perm", "send_ptr"):
+        for field in ("senders", "receivers", "recv_ptr", "send_perm", "send_ptr", "send_order"):
             a, b = getattr(sub, field), getattr(ref, field)
             assert a.dtype == torch.int64 and torch.equal(a, b), field
         total = total + edge_conv(h, sh[lo:hi], w[lo:hi], sub, spec)
