@@ -42,7 +42,7 @@ def _kernel(form: Form, outs: tuple, comps: tuple | None = None):
 # backward (1,368 monomials for dx, 552 for dW) as one kernel took 0.401 ms on the H200 (CUDA-graph replay,
 # fwd+bwd at 5k nodes), as three (dx in two component groups, dW) 0.284 ms; its second order went from one
 # kernel to seven, 0.487 -> 0.508 ms. The l<=3 -> l<=2 second order (14,566 monomials) compiled for sm_90 in
-# 241 s as one kernel; split, its parts compile in a fraction of that (bench/NOTES.md).
+# 241 s as one kernel, 113 s as four, 119 s as the eleven of this limit (bench/NOTES.md, README).
 MAX_MONOMIALS = 1200
 
 
