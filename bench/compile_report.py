@@ -46,9 +46,11 @@ def usage(kernel, sig, constexprs, num_warps) -> str:
     # what a launch at the bench sizes specializes on: 16-byte aligned pointers, C and E divisible by 16
     attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(sig.items())
              if ty.startswith("*") or name in ("C", "E")}
+    options = {"num_warps": num_warps}
+    if os.environ.get("MAXNREG"):  # Triton's register cap, as a launch's maxnreg=
+        options["maxnreg"] = int(os.environ["MAXNREG"])
     c = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs),
-                       target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": num_warps, **({"maxnreg": int(os.environ["MAXNREG"])} if os.environ.get("MAXNREG") else {})})
+                       target=GPUTarget("cuda", 90, 32), options=options)
     dt = time.time() - t
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(c.asm["cubin"])
