@@ -299,7 +299,6 @@ def bench_sh(ops, peers_on, measure, quick):
 
 
 def bench_sc(ops, peers_on, measure, quick):
-    from kernels.fixed_species import triton_contraction
     rows = []
     for name, lmax_in, lmax_out, C, n, n_el in _select(SC, quick):
         spec = kernels.ContractionSpec(lmax_in, lmax_out, 3)
@@ -308,10 +307,8 @@ def bench_sc(ops, peers_on, measure, quick):
         x = torch.randn(n, spec.dim_in, C, generator=g).to(DEV).requires_grad_(True)
         W = torch.randn(n_el, spec.num_weights, C, generator=g).to(DEV).requires_grad_(True)
         go = torch.randn(n, spec.dim_out, C, generator=g).to(DEV)
-        # the op checks the species on the host at each call; a CUDA graph replays the one with its plan made
-        # once (kernels/fixed_species.py, as the MD engine uses it)
-        planned = triton_contraction(species, n_el, C)
-
+        # every call makes its species plan (one launch; synced calls also read its range check back), as the
+        # peers' calls turn their one-hot attributes into indices
         def passes(sc):
             def fwd():
                 with torch.no_grad():
@@ -329,8 +326,7 @@ def bench_sc(ops, peers_on, measure, quick):
                  "dbl": xb + ob + 2 * wb + n * 8}
         r = dict(op="symmetric_contraction", cfg=name, backend="tumbler", nodes=n, channels=C, elements=n_el,
                  weights=spec.num_weights)
-        _measure(r, tuple(zip(("fwd", "fwdbwd", "dbl"), passes(ops.symmetric_contraction), passes(planned))),
-                 measure, floor)
+        _measure(r, tuple(zip(("fwd", "fwdbwd", "dbl"), passes(ops.symmetric_contraction))), measure, floor)
         rows.append(r)
         print(json.dumps(r), flush=True)
         if peers_on:

@@ -15,6 +15,7 @@ import torch
 
 from .codegen import load_source, next_pow2
 from .poly import Form, contraction_form, kernel_source
+from .species_order import species_order
 from .tuning import knob
 
 
@@ -98,12 +99,16 @@ def tile_config(C: int) -> tuple[int, int, int, int]:
 
 
 def make_plan(species: torch.Tensor, num_species: int, C: int) -> Plan:
+    """The species plan of one call (species_order.py: one launch). Outside CUDA-graph capture it reads one
+    number back, ptr[S], the count of atoms whose species lies in [0, S), and names the bad ones; inside a
+    capture it cannot read the device, so the species are not checked there (the MD engine captures with a
+    plan made beforehand from checked species)."""
     n = species.shape[0]
-    if n and bool(((species < 0) | (species >= num_species)).any()):
+    perm, ptr = species_order(species, num_species)
+    capturing = species.is_cuda and torch.cuda.is_current_stream_capturing()
+    if n and not capturing and int(ptr[num_species]) != n:
         raise ValueError(f"kernels/triton/contraction.py: species must lie in [0, {num_species}) "
                          f"(weights has {num_species} species), got min {int(species.min())}, max {int(species.max())}")
-    sorted_sp, perm = torch.sort(species, stable=True)
-    ptr = torch.searchsorted(sorted_sp, torch.arange(num_species + 1, device=species.device, dtype=species.dtype))
     nb, bc, ch, nw = tile_config(C)
     return Plan(perm, ptr, num_species, n, ch, max(1, -(-n // ch)))
 

@@ -71,6 +71,45 @@ def test_bad_species_and_empty():
     assert gx.shape == x0.shape and torch.all(gw == 0)
 
 
+@pytest.mark.parametrize("n, num_species", [(0, 3), (1, 1), (130, 10), (9000 if T.GPU else 700, 2)])
+def test_species_order_is_a_stable_sort(n, num_species):
+    """perm and ptr as torch.sort(stable) and searchsorted give them, across several blocks of the kernel."""
+    from kernels.triton.species_order import species_order
+    species = torch.randint(0, num_species, (n,), generator=torch.Generator().manual_seed(n)).to(T.DEVICE)
+    perm, ptr = species_order(species, num_species)
+    sorted_species, want = torch.sort(species, stable=True)
+    assert torch.equal(perm, want)
+    assert torch.equal(ptr, torch.searchsorted(sorted_species, torch.arange(num_species + 1, device=T.DEVICE)))
+
+
+def test_species_order_counts_out_of_range_species():
+    from kernels.triton.species_order import species_order
+    perm, ptr = species_order(torch.tensor([0, 3, 1, -1, 2, 1], device=T.DEVICE), 3)
+    assert ptr.tolist() == [0, 1, 3, 4]  # ptr[S] = 4 of 6 atoms in range
+    assert perm[:4].tolist() == [0, 2, 5, 4]
+
+
+@pytest.mark.skipif(not T.GPU, reason="CUDA-graph capture needs a GPU")
+def test_contraction_captures_in_a_cuda_graph():
+    """The public op (species plan included) reads nothing back inside a capture, and the replay follows new
+    species written into the captured tensor."""
+    spec = kernels.ContractionSpec(1, 1, 3)
+    x, species, w = _inputs(spec, dtype=torch.float32)
+    x, w = x.detach(), w.detach()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        T.ops().symmetric_contraction(x, species, w, spec)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = T.ops().symmetric_contraction(x, species, w, spec)
+    species.copy_(torch.flip(species, (0,)))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, T.ops().symmetric_contraction(x, species, w, spec))
+
+
 def test_float32_error_bound_and_determinism():
     spec = kernels.ContractionSpec(3, 1, 3)
     x, species, w = _inputs(spec, seed=7)
