@@ -8,14 +8,13 @@ the contraction is dF/dg. `run_form(form, outs, tensors, plan)` evaluates dF/ds 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
 from .codegen import load_source, next_pow2
 from .poly import Form, contraction_form, kernel_source
-from .species_order import species_order
+from .species_plan import Plan, species_plan, species_sum
 from .tuning import knob
 
 
@@ -73,17 +72,6 @@ def launch_plan(form: Form, outs: tuple) -> tuple:
     return tuple(plan)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Species-sorted node order: perm [N] (stable), ptr [S+1] offsets; nchunk chunks of ch nodes."""
-    perm: torch.Tensor
-    ptr: torch.Tensor
-    num_species: int
-    num_nodes: int
-    ch: int
-    nchunk: int
-
-
 def tile_config(C: int) -> tuple[int, int, int, int]:
     """(NB nodes per tile, BC channels per tile, CH nodes per chunk, num_warps)."""
     env = knob("TUMBLER_SC_CFG")
@@ -99,18 +87,17 @@ def tile_config(C: int) -> tuple[int, int, int, int]:
 
 
 def make_plan(species: torch.Tensor, num_species: int, C: int) -> Plan:
-    """The species plan of one call (species_order.py: one launch). Outside CUDA-graph capture it reads one
+    """The species plan of one call (species_plan.py: one launch). Outside CUDA-graph capture it reads one
     number back, ptr[S], the count of atoms whose species lies in [0, S), and names the bad ones; inside a
     capture it cannot read the device, so the species are not checked there (the MD engine captures with a
     plan made beforehand from checked species)."""
     n = species.shape[0]
-    perm, ptr = species_order(species, num_species)
+    plan = species_plan(species, num_species, tile_config(C)[2])
     capturing = species.is_cuda and torch.cuda.is_current_stream_capturing()
-    if n and not capturing and int(ptr[num_species]) != n:
+    if n and not capturing and int(plan.ptr[num_species]) != n:
         raise ValueError(f"kernels/triton/contraction.py: species must lie in [0, {num_species}) "
                          f"(weights has {num_species} species), got min {int(species.min())}, max {int(species.max())}")
-    nb, bc, ch, nw = tile_config(C)
-    return Plan(perm, ptr, num_species, n, ch, max(1, -(-n // ch)))
+    return plan
 
 
 def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
@@ -126,19 +113,20 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
             results.append(torch.empty(N, K, C, dtype=dt, device=dev))
             kargs.append(results[-1])
         else:
-            results.append(torch.empty(plan.nchunk, S, K, C, dtype=dt, device=dev))
+            results.append(torch.empty(plan.nchunk, K, C, dtype=dt, device=dev))  # per-chunk partials
             kargs.append(results[-1])
     if N > 0 and C > 0:
         nb, bc, ch, nw = tile_config(C)
         ins = [t.contiguous() if t is not None else ref for t in tensors]
-        grid = (S, plan.nchunk, -(-C // bc))
+        grid = (plan.nchunk, -(-C // bc))
         for part, comps in launch_plan(form, tuple(outs)):
             _kernel(form, part, comps)[grid](*ins, *(kargs[outs.index(s)] for s in part), plan.perm, plan.ptr,
-                                             plan.nchunk, C, CH=plan.ch, NB=nb, BC=bc, num_warps=nw)
+                                             plan.chunk_ptr, S, C, CH=plan.ch, NB=nb, BC=bc,
+                                             SP2=next_pow2(S + 1), num_warps=nw)
     final = []
     for s, r in zip(outs, results):
         if form.slots[s][0] == "weight":
-            final.append(r.sum(0) if N > 0 and C > 0 else r.new_zeros(r.shape[1:]))
+            final.append(species_sum(r, plan) if N > 0 and C > 0 else r.new_zeros(S, *r.shape[1:]))
         else:
             final.append(r)
     return tuple(final)

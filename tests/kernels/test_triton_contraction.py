@@ -72,21 +72,30 @@ def test_bad_species_and_empty():
 
 
 @pytest.mark.parametrize("n, num_species", [(0, 3), (1, 1), (130, 10), (9000 if T.GPU else 700, 2)])
-def test_species_order_is_a_stable_sort(n, num_species):
-    """perm and ptr as torch.sort(stable) and searchsorted give them, across several blocks of the kernel."""
-    from kernels.triton.species_order import species_order
+def test_species_plan_is_a_stable_sort_cut_into_chunks(n, num_species):
+    """perm and ptr as torch.sort(stable) and searchsorted give them, across several blocks of the kernel;
+    each species' chunks follow the previous species' ones; the per-species sum adds each species' chunks."""
+    from kernels.triton.species_plan import species_plan, species_sum
     species = torch.randint(0, num_species, (n,), generator=torch.Generator().manual_seed(n)).to(T.DEVICE)
-    perm, ptr = species_order(species, num_species)
+    plan = species_plan(species, num_species, ch=4)
     sorted_species, want = torch.sort(species, stable=True)
-    assert torch.equal(perm, want)
-    assert torch.equal(ptr, torch.searchsorted(sorted_species, torch.arange(num_species + 1, device=T.DEVICE)))
+    assert torch.equal(plan.perm, want)
+    assert torch.equal(plan.ptr, torch.searchsorted(sorted_species, torch.arange(num_species + 1, device=T.DEVICE)))
+    chunks = (torch.bincount(species, minlength=num_species) + 3) // 4
+    assert plan.chunk_ptr.tolist() == [0] + torch.cumsum(chunks, 0).tolist()
+    assert plan.chunk_ptr[-1] <= plan.nchunk
+    partials = T.randn(plan.nchunk, 2, 3, seed=1)
+    sums = species_sum(partials, plan)
+    for s in range(num_species):
+        assert torch.allclose(sums[s], partials[plan.chunk_ptr[s]:plan.chunk_ptr[s + 1]].sum(0), rtol=1e-12, atol=0)
 
 
-def test_species_order_counts_out_of_range_species():
-    from kernels.triton.species_order import species_order
-    perm, ptr = species_order(torch.tensor([0, 3, 1, -1, 2, 1], device=T.DEVICE), 3)
-    assert ptr.tolist() == [0, 1, 3, 4]  # ptr[S] = 4 of 6 atoms in range
-    assert perm[:4].tolist() == [0, 2, 5, 4]
+def test_species_plan_counts_out_of_range_species():
+    from kernels.triton.species_plan import species_plan
+    plan = species_plan(torch.tensor([0, 3, 1, -1, 2, 1], device=T.DEVICE), 3, ch=1)
+    assert plan.ptr.tolist() == [0, 1, 3, 4]  # ptr[S] = 4 of 6 atoms in range
+    assert plan.perm[:4].tolist() == [0, 2, 5, 4]
+    assert plan.chunk_ptr.tolist() == [0, 1, 3, 4]
 
 
 @pytest.mark.skipif(not T.GPU, reason="CUDA-graph capture needs a GPU")
