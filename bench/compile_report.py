@@ -7,6 +7,7 @@ compare two versions of a generator, before a GPU run.
     python bench/compile_report.py sc 3,1,3 bwd 8,32,64,4
     python bench/compile_report.py sc 3,2,3 dbl:0 4,32,64,4    (one output slot of the second-order kernel)
     python bench/compile_report.py sc 3,2,3 dbl-plan 4,32,64,4 (each kernel the model launches for it)
+    python bench/compile_report.py sc 3,1,3 bwd-plan 4,32,32,4 (the same for the backward)
     MAXNREG=64 python bench/compile_report.py ...               (with Triton's register cap, as a launch's maxnreg)
 """
 from __future__ import annotations
@@ -89,10 +90,11 @@ def main(argv):
             else:
                 k = conv._recv_kernel(tab) if which == "recv" else conv._send_kernel(tab)
                 sig, ce = NODE_SIG, dict(BE=be, BC=bc, USE_PERM=which == "send")
-        elif which == "dbl-plan":
-            f3 = sc.pullback(sc.pullback(sc.base_form(*lmaxes), 2), 0)
-            for part, comps in sc.launch_plan(f3, (0, 1, 3)):
-                report(op, lm, f"dbl{part}{comps or ''}", cfg, sc._kernel(f3, part, comps), 5, len(part), vals)
+        elif which in ("bwd-plan", "dbl-plan"):
+            f2 = sc.pullback(sc.base_form(*lmaxes), 2)
+            f, outs, ns = (f2, (0, 1), 4) if which == "bwd-plan" else (sc.pullback(f2, 0), (0, 1, 3), 5)
+            for part, comps in sc.launch_plan(f, outs):
+                report(op, lm, f"{which[:3]}{part}{comps or ''}", cfg, sc._kernel(f, part, comps), ns, len(part), vals)
             continue
         else:
             k, ns, no = sc_kernel(lmaxes, which)
