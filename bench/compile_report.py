@@ -106,7 +106,7 @@ def main(argv):
 def report(op, lm, which, cfg, k, ns, no, vals):
     nb, bc, ch, nw = vals
     sig = {f"S{j}": "*fp32" for j in range(ns)} | {f"O{j}": "*fp32" for j in range(no)}
-    sig |= {"PERM": "*i64", "PTR": "*i64", "CHUNK_PTR": "*i64", "NSPECIES": "i32", "C": "i32", "CH": "constexpr",
+    sig |= {"PERM": "*i64", "PTR": "*i64", "NSPECIES": "i32", "C": "i32", "CH": "constexpr",
             "NB": "constexpr", "BC": "constexpr", "SP2": "constexpr"}
     print(op, lm, which, cfg, usage(k, sig, dict(CH=ch, NB=nb, BC=bc, SP2=16), nw), flush=True)
 

@@ -121,7 +121,7 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
         grid = (plan.nchunk, -(-C // bc))
         for part, comps in launch_plan(form, tuple(outs)):
             _kernel(form, part, comps)[grid](*ins, *(kargs[outs.index(s)] for s in part), plan.perm, plan.ptr,
-                                             plan.chunk_ptr, S, C, CH=plan.ch, NB=nb, BC=bc,
+                                             S, C, CH=plan.ch, NB=nb, BC=bc,
                                              SP2=next_pow2(S + 1), num_warps=nw)
     final = []
     for s, r in zip(outs, results):

@@ -76,7 +76,7 @@ def _name(f) -> str:
 def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None) -> str:
     """Triton source computing dF/d(slot) for every slot in `outs` (see the module docstring).
 
-    Arguments: one pointer per slot (in order), one per output, then the species plan (PERM, PTR, CHUNK_PTR,
+    Arguments: one pointer per slot (in order), one per output, then the species plan (PERM, PTR,
     species_plan.py), NSPECIES, C and the constexprs CH (nodes per chunk), NB (nodes per tile), BC (channels
     per tile), SP2 (a power of two above NSPECIES).
     comps: with one node slot in `outs`, only these of its components are written (a kernel of a split
@@ -90,19 +90,14 @@ def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None
         derivs = {s: {i: t for i, t in d.items() if i in comps} for s, d in derivs.items()}
     used = sorted({f for s in outs for lst in derivs[s].values() for _, r in lst for f in r})
     args = [f"S{i}" for i in range(nslots)] + [f"O{j}" for j in range(len(outs))]
-    L = ["@triton.jit",
-         f"def {name}({', '.join(args)}, PERM, PTR, CHUNK_PTR, NSPECIES, C, CH: tl.constexpr, NB: tl.constexpr, "
+    L = ["from kernels.triton.species_plan import chunk_atoms", "", "",
+         "@triton.jit",
+         f"def {name}({', '.join(args)}, PERM, PTR, NSPECIES, C, CH: tl.constexpr, NB: tl.constexpr, "
          "BC: tl.constexpr, SP2: tl.constexpr):",
          "    j = tl.program_id(0).to(tl.int64)",
          "    c = tl.program_id(1) * BC + tl.arange(0, BC)",
          "    cm = c < C",
-         "    ss = tl.arange(0, SP2)",
-         "    ends = tl.load(CHUNK_PTR + 1 + ss, mask=ss < NSPECIES, other=j + 1)",
-         # the species of chunk j; past the last chunk, the last species at a chunk beyond its atoms (no work)
-         "    sp = tl.minimum(tl.sum((ends <= j).to(tl.int64), axis=0), NSPECIES - 1)",
-         "    p1 = tl.load(PTR + sp + 1)",
-         "    start = tl.load(PTR + sp) + (j - tl.load(CHUNK_PTR + sp)) * CH",
-         "    end = tl.minimum(start + CH, p1)",
+         "    sp, start, end = chunk_atoms(PTR, NSPECIES, j, CH, SP2)",
          "    dt = S0.dtype.element_ty"]
     for f in used:
         if f[0] in weight_slots:
