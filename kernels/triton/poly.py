@@ -146,11 +146,13 @@ def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None
 
     for j, s in enumerate(outs):
         for i, lst in derivs[s].items():
-            # group by the weight part: sum_wpart wpart * (sum coeff * node monomial)
+            # group by the factors outside slot 0 (the node features x; the others are weights, upstream
+            # gradients and directions, of degree one each): sum_outer outer * (sum coeff * x monomial), so
+            # the x monomials are shared by every group and output of the kernel
             groups: dict = defaultdict(list)
             for coeff, rest in lst:
-                wpart = tuple(f for f in rest if f[0] in weight_slots)
-                npart = tuple(f for f in rest if f[0] in node_slots)
+                wpart = tuple(f for f in rest if f[0] != 0)
+                npart = tuple(f for f in rest if f[0] == 0)
                 groups[wpart].append((coeff, npart))
             pieces = []
             for wpart, cl in sorted(groups.items()):
