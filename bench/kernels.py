@@ -468,10 +468,11 @@ def main(argv):
         print("warm:", argv, [{k: v for k, v in r.items() if k.endswith("_first_s")} for r in res["rows"]])
         return
     gpu = res["device"].replace(" ", "-")
-    name = f"kernels-{gpu}-{res['date'][:16].replace(':', '')}.json"
+    name = f"kernels-{gpu}-{res['date'][:19].replace(':', '')}.json"  # to the second: runs in one minute
     for d in [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if "OUT" in os.environ else []):
         d.mkdir(parents=True, exist_ok=True)
-        (d / name).write_text(json.dumps(res, indent=1))
+        (d / (name + ".tmp")).write_text(json.dumps(res, indent=1))
+        (d / (name + ".tmp")).replace(d / name)
     print("\n=== " + res["device"] + "  (x faster = best peer ms / ours ms)")
     print(table(res["rows"]))
 
