@@ -1,7 +1,8 @@
 """Symmetric contractions for a fixed species vector that never read the device (CUDA-graph capturable).
 
 `symmetric_contraction` of every backend looks at the species on the host at each call (the reference counts
-the atoms of each species, Triton checks their range), which a captured graph cannot do. In MD and relaxation
+the atoms of each species; Triton checks their range, except inside a capture, where it cannot), which a captured
+graph cannot do or must skip. In MD and relaxation
 the species never change, so these build the species plan once and return an op with the public signature
 `(node_feats [N, K_in, C], species [N], weights [S, W, C], spec) -> [N, K_out, C]`, where the species argument
 must be the vector given here:
@@ -94,7 +95,8 @@ def grouped_contraction(species: torch.Tensor, num_species: int):
 
 
 def triton_contraction(species: torch.Tensor, num_species: int, channels: int):
-    """The Triton contraction (kernels/autograd.py) with its species plan (sort + offsets) made once here.
+    """The Triton contraction (kernels/autograd.py) with its species plan (triton/species_plan.py) made and checked
+    once here, not in every step.
     ImportError when Triton is unavailable."""
     from . import autograd
     from .triton import contraction as triton_sc
