@@ -80,9 +80,9 @@ def tile_config(C: int) -> tuple[int, int, int, int]:
         return nb, min(bc, next_pow2(C)), ch, nw
     bc = min(next_pow2(C), 32)
     nb = 4  # one tile element per thread: the derivative forms hold hundreds of monomials live
-    # 32 nodes per chunk: twice the programs of 64 at 5k nodes and 10 species (each program walks one species'
-    # chunk). H200, CUDA-graph ms, l<=3 -> l<=1 fwd / fwd+bwd / force-train: 0.061 / 0.429 / 0.518 with 64,
-    # 0.053 / 0.404 / 0.491 with 32, 0.050 / 0.518 / 0.581 with 16 (more weight-gradient partials to sum).
+    # 32 nodes per chunk (each program walks one chunk of one species' atoms). H200, CUDA-graph ms at 5k nodes and
+    # 10 species, fwd+bwd l<=3 -> l<=1 / l<=3 -> l0 (bench/NOTES.md v11): 0.225 / 0.092 with 16, 0.233 / 0.083
+    # with 32, 0.243 / 0.084 with 64.
     return nb, bc, 32, max(1, nb * bc // 32)
 
 
