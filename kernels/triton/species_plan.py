@@ -37,12 +37,18 @@ class Plan:
 
 
 @triton.jit
+def _in_range(sp, S):
+    return tl.where((sp >= 0) & (sp < S), sp, -1).to(tl.int32)
+
+
+@triton.jit
 def _species_plan_kernel(SPECIES, PERM, PTR, N, S, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr):
-    # counts and ranks in int32 (N < 2**31), stored as int64
+    # species outside [0, S) become -1 before the int32 cast (which would wrap 2**32 + 1 to 1); counts and ranks in
+    # int32 (N < 2**31), stored as int64
     s = tl.program_id(0)
     lanes = tl.arange(0, BLOCK)
     if ONE_BLOCK:  # N <= BLOCK: the species are read once
-        sp = tl.load(SPECIES + lanes, mask=lanes < N, other=-1).to(tl.int32)
+        sp = _in_range(tl.load(SPECIES + lanes, mask=lanes < N, other=-1), S)
         start = tl.sum(((sp >= 0) & (sp < s)).to(tl.int32), axis=0)
         tl.store(PTR + s, start.to(tl.int64))
         if s < S:
@@ -52,13 +58,13 @@ def _species_plan_kernel(SPECIES, PERM, PTR, N, S, BLOCK: tl.constexpr, ONE_BLOC
     else:
         start = tl.zeros([], dtype=tl.int32)
         for base in range(0, N, BLOCK):
-            sp = tl.load(SPECIES + base + lanes, mask=base + lanes < N, other=-1).to(tl.int32)
+            sp = _in_range(tl.load(SPECIES + base + lanes, mask=base + lanes < N, other=-1), S)
             start += tl.sum(((sp >= 0) & (sp < s)).to(tl.int32), axis=0)
         tl.store(PTR + s, start.to(tl.int64))
         if s < S:
             pos = start
             for base in range(0, N, BLOCK):
-                sp = tl.load(SPECIES + base + lanes, mask=base + lanes < N, other=-1).to(tl.int32)
+                sp = _in_range(tl.load(SPECIES + base + lanes, mask=base + lanes < N, other=-1), S)
                 hit = (sp == s).to(tl.int32)
                 rank = tl.cumsum(hit, axis=0) - hit
                 tl.store(PERM + pos + rank, (base + lanes).to(tl.int64), mask=hit == 1)

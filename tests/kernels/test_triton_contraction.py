@@ -91,8 +91,8 @@ def test_species_plan_is_a_stable_sort_cut_into_chunks(n, num_species):
 
 def test_species_plan_counts_out_of_range_species():
     from kernels.triton.species_plan import species_plan
-    plan = species_plan(torch.tensor([0, 3, 1, -1, 2, 1], device=T.DEVICE), 3, ch=1)
-    assert plan.ptr.tolist() == [0, 1, 3, 4]  # ptr[S] = 4 of 6 atoms in range
+    plan = species_plan(torch.tensor([0, 3, 1, -1, 2, 1, 2**32 + 1], device=T.DEVICE), 3, ch=1)
+    assert plan.ptr.tolist() == [0, 1, 3, 4]  # ptr[S] = 4 of 7 atoms in range (2**32 + 1 is not species 1)
     assert plan.perm[:4].tolist() == [0, 2, 5, 4]
 
 
