@@ -467,6 +467,9 @@ def main(argv):
     if OPTS["warm"]:
         print("warm:", argv, [{k: v for k, v in r.items() if k.endswith("_first_s")} for r in res["rows"]])
         return
+    from kernels.triton import autotune
+    res["autotune"] = autotune.choices()  # the tiles the timed calls ran with (candidates[0]: the defaults)
+    print("autotune:", json.dumps(res["autotune"]))
     gpu = res["device"].replace(" ", "-")
     name = f"kernels-{gpu}-{res['date'][:19].replace(':', '')}.json"  # to the second: runs in one minute
     for d in [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if "OUT" in os.environ else []):

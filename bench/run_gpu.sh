@@ -28,8 +28,10 @@ for part in $PARTS; do
   esac
 done
 if [ -n "${SWEEP:-}" ]; then mapfile -t -O ${#jobs[@]} jobs < <(python3 bench/kernels.py --sweep-warm-jobs ${SWEEP_ARGS:-}); fi
-if [ -n "${QUICK_TESTS:-}" ]; then jobs+=("python3 -m pytest $QUICK_TESTS -q -p no:cacheprovider > $OUT/quick_tests.log 2>&1; echo quick tests rc \$? >> $OUT/quick_tests.log"); fi
-printf '%s\n' "${jobs[@]}" | timeout ${WARM_S:-200} xargs -P 14 -I{} sh -c '{}' > "$OUT/warm.log" 2>&1
+if [ -n "${QUICK_TESTS:-}" ]; then jobs+=("TUMBLER_AUTOTUNE=0 python3 -m pytest $QUICK_TESTS -q -p no:cacheprovider > $OUT/quick_tests.log 2>&1; echo quick tests rc \$? >> $OUT/quick_tests.log"); fi
+# (TUMBLER_AUTOTUNE=compile: every autotune candidate is compiled here, in parallel; the timed run below then
+# tunes without compiling, alone on the machine)
+printf '%s\n' "${jobs[@]}" | TUMBLER_AUTOTUNE=compile timeout ${WARM_S:-200} xargs -P 14 -I{} sh -c '{}' > "$OUT/warm.log" 2>&1
 echo "warm stage: $(( $(date +%s) - T0 )) s"; grep -i "error\|Traceback" "$OUT/warm.log" | head -5
 [ -f "$OUT/quick_tests.log" ] && tail -3 "$OUT/quick_tests.log"
 wait

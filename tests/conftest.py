@@ -1,7 +1,14 @@
 """Shared test settings for every package's tests."""
 
+import os
+
 import pytest
 import torch
+
+# Triton tiles take their measured defaults in the tests: autotuning (kernels/triton/autotune.py) would time
+# candidates of every new test shape, with tests running in parallel. tests/kernels/test_triton_autotune.py
+# tunes on purpose, and checks that every candidate tile gives the reference's numbers.
+os.environ.setdefault("TUMBLER_AUTOTUNE", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import torch
 from .codegen import load_source, next_pow2
 from .poly import Form, contraction_form, kernel_source
 from .species_plan import Plan, species_plan, species_sum
+from . import autotune
 from .tuning import knob
 
 
@@ -72,18 +73,36 @@ def launch_plan(form: Form, outs: tuple) -> tuple:
     return tuple(plan)
 
 
-def tile_config(C: int) -> tuple[int, int, int, int]:
-    """(NB nodes per tile, BC channels per tile, CH nodes per chunk, num_warps)."""
+CH = 32  # nodes per chunk of the species plan (each program walks one chunk of one species' atoms). H200, CUDA-graph
+# ms at 5k nodes and 10 species, fwd+bwd l<=3 -> l<=1 / l<=3 -> l0 (bench/NOTES.md v11): 0.225 / 0.092 with 16,
+# 0.233 / 0.083 with 32, 0.243 / 0.084 with 64. Fixed: the plan is made before the kernels are chosen.
+
+
+def tile_config(C: int) -> tuple[int, int, int]:
+    """(NB nodes per tile, BC channels per tile, num_warps): the measured default, or TUMBLER_SC_CFG."""
     env = knob("TUMBLER_SC_CFG")
     if env:
-        nb, bc, ch, nw = (int(v) for v in env.split(","))
-        return nb, min(bc, next_pow2(C)), ch, nw
+        nb, bc, nw = (int(v) for v in env.split(","))
+        return nb, min(bc, next_pow2(C)), nw
     bc = min(next_pow2(C), 32)
     nb = 4  # one tile element per thread: the derivative forms hold hundreds of monomials live
-    # 32 nodes per chunk (each program walks one chunk of one species' atoms). H200, CUDA-graph ms at 5k nodes and
-    # 10 species, fwd+bwd l<=3 -> l<=1 / l<=3 -> l0 (bench/NOTES.md v11): 0.225 / 0.092 with 16, 0.233 / 0.083
-    # with 32, 0.243 / 0.084 with 64.
-    return nb, bc, 32, max(1, nb * bc // 32)
+    return nb, bc, max(1, nb * bc // 32)
+
+
+def tile_candidates(C: int) -> list:
+    """Autotune candidates: one tile element per thread in each (more spill), 32 to 256 threads."""
+    out = [tile_config(C)]
+    for nb, bc in ((2, 32), (8, 32), (4, 16)):
+        bc = min(bc, next_pow2(C))
+        tile = (nb, bc, nb * bc // 32)
+        if tile[2] >= 1 and tile not in out:
+            out.append(tile)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _problem_name(form: Form, outs: tuple) -> str:
+    return hashlib.sha1(repr((form, outs)).encode()).hexdigest()[:16]
 
 
 def make_plan(species: torch.Tensor, num_species: int, C: int) -> Plan:
@@ -92,7 +111,7 @@ def make_plan(species: torch.Tensor, num_species: int, C: int) -> Plan:
     capture it cannot read the device, so the species are not checked there (the MD engine captures with a
     plan made beforehand from checked species)."""
     n = species.shape[0]
-    plan = species_plan(species, num_species, tile_config(C)[2])
+    plan = species_plan(species, num_species, CH)
     capturing = species.is_cuda and torch.cuda.is_current_stream_capturing()
     if n and not capturing and int(plan.ptr[num_species]) != n:
         raise ValueError(f"kernels/triton/contraction.py: species must lie in [0, {num_species}) "
@@ -116,13 +135,20 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
             results.append(torch.empty(plan.nchunk, K, C, dtype=dt, device=dev))  # per-chunk partials
             kargs.append(results[-1])
     if N > 0 and C > 0:
-        nb, bc, ch, nw = tile_config(C)
         ins = [t.contiguous() if t is not None else ref for t in tensors]
-        grid = (plan.nchunk, -(-C // bc))
-        for part, comps in launch_plan(form, tuple(outs)):
-            _kernel(form, part, comps)[grid](*ins, *(kargs[outs.index(s)] for s in part), plan.perm, plan.ptr,
-                                             S, C, CH=plan.ch, NB=nb, BC=bc,
-                                             SP2=next_pow2(S + 1), num_warps=nw)
+
+        def run(tile):
+            nb, bc, nw = tile
+            grid = (plan.nchunk, -(-C // bc))
+            for part, comps in launch_plan(form, tuple(outs)):
+                _kernel(form, part, comps)[grid](*ins, *(kargs[outs.index(s)] for s in part), plan.perm, plan.ptr,
+                                                 S, C, CH=plan.ch, NB=nb, BC=bc, SP2=next_pow2(S + 1), num_warps=nw)
+
+        # A form split into several kernels (MAX_MONOMIALS) keeps the default tile: tuning compiles every
+        # candidate, and the largest forms take minutes each to compile (the second order at l<=3 -> l<=2).
+        tuned = len(launch_plan(form, tuple(outs))) == 1 and not knob("TUMBLER_SC_CFG")
+        run(autotune.choose("contraction", (_problem_name(form, tuple(outs)), C, dt, N.bit_length()),
+                            lambda: tile_candidates(C), run, dev) if tuned else tile_config(C))
     final = []
     for s, r in zip(outs, results):
         if form.slots[s][0] == "weight":

@@ -11,12 +11,13 @@ form (conv_codegen.py); conv_sender fuses conv_send with conv_edge for backward 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 
 from .codegen import cached_hash, cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
+from . import autotune
 from .tuning import knob
 
 
@@ -31,8 +32,8 @@ class ConvTable:
     def __hash__(self):
         return cached_hash(self, self.K_in, self.K_sh, self.K_out, self.P, self.entries)
 
-    @property
-    def key(self) -> str:
+    @cached_property
+    def key(self) -> str:  # names the generated kernels and the autotune problems
         import hashlib
         return hashlib.sha1(repr((self.K_in, self.K_sh, self.K_out, self.P, self.entries)).encode()).hexdigest()[:12]
 
@@ -82,27 +83,46 @@ def sender_by_component(K_in: int) -> bool:
     return K_in > 1 if form == "auto" else form == "component"
 
 
-def _tile(env: str, C: int):
-    be, bc, nw = (int(x) for x in env.split(","))
+def _forced(env: str, C: int):
+    """The tile a knob forces ("BE,BC,num_warps", BC capped at the channels), or None."""
+    value = knob(env)
+    if not value:
+        return None
+    be, bc, nw = (int(x) for x in value.split(","))
     return be, min(bc, next_pow2(C)), nw
 
 
+def _fitting(default: tuple, tiles, C: int, per_thread: int) -> list:
+    """The default, then those of the tiles (channels capped at next_pow2(C)) that give each thread at most
+    `per_thread` tile elements and every thread at least one; duplicates dropped."""
+    out = [default]
+    for be, bc, nw in tiles:
+        bc = min(bc, next_pow2(C))
+        if 32 * nw <= be * bc <= 32 * nw * per_thread and (be, bc, nw) not in out:
+            out.append((be, bc, nw))
+    return out
+
+
 def recv_config(C: int) -> tuple[int, int, int]:
-    """(BE, BC, num_warps) of the receiver-segment kernel (the forward conv).
+    """(BE, BC, num_warps) of the receiver-segment kernel (the forward conv): the measured default.
 
     H200 sweep (bench/NOTES.md, v5): two edges per tile and two channels per thread beat the 4 x 32 / 4 warp
     tile of the other segment kernels: 128 ch l<=1 at 300k edges 0.605 ms with (2, 32, 1) vs 0.716;
     64 ch l<=2 at 150k 0.306 ms with (2, 64, 2) vs 0.402. Fewer threads per edge compute the per-edge
     coupling coefficients (sum_b w Y[e, b]) fewer times over."""
-    if knob("TUMBLER_CONV_RECV_CFG"):
-        return _tile(knob("TUMBLER_CONV_RECV_CFG"), C)
     bc = 32 if C >= 128 else min(next_pow2(C), 64)
     return 2, bc, max(1, 2 * bc // 64)
 
 
+def recv_candidates(C: int, K_out: int) -> list:
+    """Autotune candidates of the receiver kernel: each thread holds K_out accumulators per tile element, so
+    at most 32 accumulators per thread (two elements at l<=3 outputs)."""
+    return _fitting(recv_config(C), [(4, 32, 4), (2, 64, 2), (2, 32, 1), (1, 32, 1)], C, max(1, 32 // K_out))
+
+
 def node_config(C: int, K_acc: int) -> tuple[int, int, int]:
     """(edges per tile BE, channels per tile BC, num_warps) for the sender-segment kernels, which accumulate
-    K_acc = K_in components per node.
+    K_acc = K_in components per node: the measured default.
 
     Chosen from sm_90 register reports (bench/compile_report.py) and H200 sweeps (bench/NOTES.md v6, v8).
     K_acc > 1: one tile element per thread (4 edges x 32 channels, 4 warps) keeps the K accumulators and the
@@ -113,13 +133,19 @@ def node_config(C: int, K_acc: int) -> tuple[int, int, int]:
     reductions are shared by four channels, and one channel block needs no dY sum over blocks: 128 ch l0
     fwd+bwd 0.074 ms, against 0.089 with 8 x 32 and 0.120 with 4 x 32.
     """
-    if knob("TUMBLER_CONV_NODE_CFG"):
-        return _tile(knob("TUMBLER_CONV_NODE_CFG"), C)
     if K_acc == 1:
         bc = min(next_pow2(C), 128)
         return min(16, 512 // bc), bc, 4
     bc = min(next_pow2(C), 32)
     return 4, bc, max(1, min(4, 4 * bc // 32))
+
+
+def node_candidates(C: int, K_acc: int) -> list:
+    """Autotune candidates of the sender-segment kernels: up to four elements per thread when one component
+    is accumulated, one otherwise (the register reports above)."""
+    if K_acc == 1:
+        return _fitting(node_config(C, 1), [(8, 64, 4), (8, 32, 4), (16, 32, 8)], C, 4)
+    return _fitting(node_config(C, K_acc), [(8, 32, 8), (2, 32, 2), (4, 64, 8)], C, 1)
 
 
 def _stages() -> int:
@@ -136,16 +162,29 @@ def fuse_sender(need_Y: bool) -> bool:
 
 def edge_config(C: int, K: int) -> tuple[int, int, int]:
     """(edges per tile, channels per tile, num_warps) for the per-edge kernel: one tile element per
-    thread (it holds h, g, R and Y of an edge at once; K = max(K_in, K_out))."""
-    if knob("TUMBLER_CONV_EDGE_CFG"):
-        return _tile(knob("TUMBLER_CONV_EDGE_CFG"), C)
+    thread (it holds h, g, R and Y of an edge at once; K = max(K_in, K_out)): the measured default."""
     bc = min(next_pow2(C), 32)
     return 4, bc, max(1, min(4, 4 * bc // 32))
+
+
+def edge_candidates(C: int, K: int) -> list:
+    return _fitting(edge_config(C, K), [(8, 32, 8), (2, 32, 2), (4, 64, 8)], C, 1)
+
+
+def _size_class(n: int) -> int:
+    """Problems within a factor of two share a tuned tile."""
+    return int(n).bit_length()
 
 
 def _check(x: torch.Tensor, shape, what: str):
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"kernels/triton/conv.py: {what} has shape {tuple(x.shape)}, expected {tuple(shape)}")
+
+
+def _tile(env: str, launcher: str, problem: tuple, candidates, run, device) -> tuple:
+    """The tile a knob forces, else autotune's choice among candidates() (autotune.py)."""
+    C = problem[1]
+    return _forced(env, C) or autotune.choose(launcher, problem, candidates, run, device)
 
 
 def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
@@ -158,10 +197,15 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     out = torch.empty(N, tab.K_out, C, dtype=h.dtype, device=h.device)
     if N == 0 or C == 0:
         return out
-    be, bc, nw = recv_config(C)
-    grid = (N, cdiv(C, bc))
-    _recv_kernel(tab)[grid](h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr,
-                            graph.senders, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
+    h, Y, R, kern = h.contiguous(), Y.contiguous(), R.contiguous(), _recv_kernel(tab)
+
+    def run(tile):
+        be, bc, nw = tile
+        kern[(N, cdiv(C, bc))](h, Y, R, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C, BE=be, BC=bc,
+                               USE_PERM=False, num_warps=nw, num_stages=_stages())
+
+    run(_tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(E)),
+              lambda: recv_candidates(C, tab.K_out), run, h.device))
     return out
 
 
@@ -172,10 +216,15 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     out = torch.empty(N, tab.K_in, C, dtype=g.dtype, device=g.device)
     if N == 0 or C == 0:
         return out
-    be, bc, nw = node_config(C, tab.K_in)
-    grid = (N, cdiv(C, bc))
-    _send_kernel(tab)[grid](g.contiguous(), Y.contiguous(), R.contiguous(), out, graph.send_ptr, graph.send_perm,
-                            graph.receivers, C, BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
+    g, Y, R, kern = g.contiguous(), Y.contiguous(), R.contiguous(), _send_kernel(tab)
+
+    def run(tile):
+        be, bc, nw = tile
+        kern[(N, cdiv(C, bc))](g, Y, R, out, graph.send_ptr, graph.send_perm, graph.receivers, C, BE=be, BC=bc,
+                               USE_PERM=True, num_warps=nw, num_stages=_stages())
+
+    run(_tile("TUMBLER_CONV_NODE_CFG", "conv_send", (tab.key, C, g.dtype, _size_class(N), _size_class(Y.shape[0])),
+              lambda: node_candidates(C, tab.K_in), run, g.device))
     return out
 
 
@@ -190,12 +239,17 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         return dY, dR
     if C == 0:
         return (dY.zero_() if need_Y else None), dR
-    be, bc, nw = edge_config(C, max(tab.K_in, tab.K_out))
-    dummy = h
-    _edge_kernel(tab)[(cdiv(E, be),)](
-        h.contiguous(), g.contiguous(), Y.contiguous() if need_R else dummy, R.contiguous() if need_Y else dummy,
-        dY if need_Y else dummy, dR if need_R else dummy, graph.senders, graph.receivers, E, C,
-        BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+    h, g, kern = h.contiguous(), g.contiguous(), _edge_kernel(tab)
+    Y = Y.contiguous() if need_R else h  # unread inputs and outputs: any pointer
+    R = R.contiguous() if need_Y else h
+
+    def run(tile):
+        be, bc, nw = tile
+        kern[(cdiv(E, be),)](h, g, Y, R, dY if need_Y else h, dR if need_R else h, graph.senders, graph.receivers,
+                             E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+
+    run(_tile("TUMBLER_CONV_EDGE_CFG", "conv_edge", (tab.key, C, dt, _size_class(E), need_Y, need_R),
+              lambda: edge_candidates(C, max(tab.K_in, tab.K_out)), run, dev))
     return dY, dR
 
 
@@ -211,12 +265,18 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     if N == 0 or C == 0 or E == 0:
         dh.zero_()
         return dh, (torch.zeros(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None), dR
-    be, bc, nw = node_config(C, tab.K_in)
-    ncb = cdiv(C, bc)
-    dY_parts = torch.empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh), dtype=dt, device=dev) if need_Y else None
-    _sender_kernel(tab)[(N, ncb)](
-        h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), dh, dY_parts if need_Y else dh,
-        dR if need_R else dh, graph.send_order, graph.send_ptr, graph.send_perm, graph.receivers, E, C,
-        BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
-    dY = (dY_parts if ncb == 1 else dY_parts.sum(0)) if need_Y else None
+    h, g, Y, R, kern = h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), _sender_kernel(tab)
+
+    def run(tile):  # -> dY: one [E, K_sh] part per channel block, summed
+        be, bc, nw = tile
+        ncb = cdiv(C, bc)
+        parts = torch.empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh), dtype=dt, device=dev) if need_Y else None
+        kern[(N, ncb)](h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh, graph.send_order,
+                       graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=be, BC=bc, NEED_H=True,
+                       NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
+        return (parts if ncb == 1 else parts.sum(0)) if need_Y else None
+
+    dY = run(_tile("TUMBLER_CONV_NODE_CFG", "conv_sender",
+                   (tab.key, C, dt, _size_class(N), _size_class(E), need_Y, need_R),
+                   lambda: node_candidates(C, tab.K_in), run, dev))
     return dh, dY, dR

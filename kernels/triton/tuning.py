@@ -1,6 +1,7 @@
 """Tuning knobs of the Triton launchers (tile shapes, pipelining depth, the fused sender pass), from the
 environment: TUMBLER_CONV_RECV_CFG, TUMBLER_CONV_NODE_CFG, TUMBLER_CONV_EDGE_CFG, TUMBLER_CONV_STAGES,
-TUMBLER_CONV_SENDER, TUMBLER_CONV_SENDER_FORM, TUMBLER_SC_CFG. Unset, each launcher uses the defaults it documents.
+TUMBLER_CONV_SENDER, TUMBLER_CONV_SENDER_FORM, TUMBLER_SC_CFG ("NB,BC,num_warps"). A tile knob forces its tile;
+unset, the launchers take autotune's choice (autotune.py, TUMBLER_AUTOTUNE, TUMBLER_AUTOTUNE_CACHE).
 """
 from __future__ import annotations
 
