@@ -13,8 +13,9 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || 
 export PYTHONPATH=/tmp/site:$PWD
 [ -f .tcache/tcache.tgz ] && tar xzf .tcache/tcache.tgz -C /tmp
 (mkdir -p /tmp/peers && tar xJf .peers/peers.tar.xz -C /tmp/peers) &
-# compile the bench model's kernels (one process per op) while the tests run
-printf 'sh\nconv0\nconv1\nsc1\nsc0\n' | timeout ${WARM_S:-180} xargs -P 5 -I{} python3 bench/md.py --warm {} \
+# compile the bench model's kernels (one process per op) while the tests run; every autotune candidate is
+# compiled here, and the timed run tunes alone (kernels/triton/autotune.py)
+printf 'sh\nconv0\nconv1\nsc1\nsc0\n' | TUMBLER_AUTOTUNE=compile timeout ${WARM_S:-180} xargs -P 5 -I{} python3 bench/md.py --warm {} \
   > "$OUT/warm.log" 2>&1 &
 if [ -z "${NO_TESTS:-}" ]; then
   timeout ${TESTS_S:-240} python3 -m pytest ${TESTS:-tests/dynamics/test_gpu.py tests/md/test_engine_gpu.py \

@@ -151,7 +151,8 @@ def test_candidates_are_pruned_to_the_register_budget():
     for C in (8, 32, 64, 128, 256):
         for K_out in (1, 4, 9, 16):
             for tiles, per_thread in ((conv.recv_candidates(C, K_out), max(1, 32 // K_out)),
-                                      (conv.node_candidates(C, 1), 4), (conv.node_candidates(C, K_out), 1 if K_out > 1 else 4),
+                                      (conv.node_candidates(C, 1), 4),
+                                      (conv.node_candidates(C, K_out), 1 if K_out > 1 else 4),
                                       (conv.edge_candidates(C, K_out), 1)):
                 assert len(set(tiles)) == len(tiles) <= 5
                 for be, bc, nw in tiles[1:]:  # the alternatives (the default comes first, as measured)
