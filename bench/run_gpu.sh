@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: fill Triton's kernel cache in parallel, time ours (and the peers), optionally a tile
-# sweep and the GPU tests. Usage (repo root, on the GPU machine), logs and JSON to $OUT:
+# sweep and the GPU tests, then print the short table last. Usage (repo root, on the GPU machine), logs and JSON to $OUT:
 #   PEERS=cueq,oeq bash bench/run_gpu.sh            # everything, ours and the peers
 #   PARTS="sh conv" NO_PEERS=1 SWEEP=1 NO_TESTS=1 bash bench/run_gpu.sh
 #   SWEEP=1 SWEEP_ARGS="--sweep=TUMBLER_CONV_NODE_CFG --cfg=0,1,2" ...   (some knobs, some configs)
@@ -49,7 +49,10 @@ fi
 left=$(( 575 - ($(date +%s) - T0) ))
 if [ $left -gt 40 ] && [ -z "${NO_TESTS:-}" ]; then
   timeout $left python3 -m pytest tests/kernels/test_triton_sh.py tests/kernels/test_triton_conv.py \
-    tests/kernels/test_triton_contraction.py tests/kernels/test_triton_model.py -q -n 8 -p no:cacheprovider \
-    > "$OUT/tests.log" 2>&1; echo "tests rc $?"; tail -25 "$OUT/tests.log"
+    tests/kernels/test_triton_contraction.py tests/kernels/test_triton_autotune.py tests/kernels/test_triton_model.py \
+    -q -n 8 -p no:cacheprovider > "$OUT/tests.log" 2>&1; echo "tests rc $?"; tail -25 "$OUT/tests.log"
 fi
+# 4. the short table last: this run's comparison, and what the checks said
+ls "$OUT"/kernels-*.json >/dev/null 2>&1 && python3 bench/kernels.py --combine "$OUT"/kernels-*.json
+[ -f "$OUT/tests.log" ] && echo "GPU tests: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests.log" | tail -1)"
 echo "total: $(( $(date +%s) - T0 )) s"
