@@ -182,7 +182,8 @@ def _check(x: torch.Tensor, shape, what: str):
 
 
 def _tile(env: str, launcher: str, problem: tuple, candidates, run, device) -> tuple:
-    """The tile a knob forces, else autotune's choice among candidates() (autotune.py)."""
+    """The tile a knob forces, else autotune's choice among candidates() (autotune.py). problem: (table key,
+    C, dtype, size classes and flags)."""
     C = problem[1]
     return _forced(env, C) or autotune.choose(launcher, problem, candidates, run, device)
 
