@@ -202,8 +202,8 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
 
     def run(tile):
         be, bc, nw = tile
-        kern[(N, cdiv(C, bc))](h, Y, R, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C, BE=be, BC=bc,
-                               USE_PERM=False, num_warps=nw, num_stages=_stages())
+        autotune.launch(kern, (N, cdiv(C, bc)), h, Y, R, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C,
+                        BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
 
     run(_tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(E)),
               lambda: recv_candidates(C, tab.K_out), run, h.device))
@@ -221,8 +221,8 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
 
     def run(tile):
         be, bc, nw = tile
-        kern[(N, cdiv(C, bc))](g, Y, R, out, graph.send_ptr, graph.send_perm, graph.receivers, C, BE=be, BC=bc,
-                               USE_PERM=True, num_warps=nw, num_stages=_stages())
+        autotune.launch(kern, (N, cdiv(C, bc)), g, Y, R, out, graph.send_ptr, graph.send_perm, graph.receivers, C,
+                        BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
 
     run(_tile("TUMBLER_CONV_NODE_CFG", "conv_send", (tab.key, C, g.dtype, _size_class(N), _size_class(Y.shape[0])),
               lambda: node_candidates(C, tab.K_in), run, g.device))
@@ -246,8 +246,8 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
 
     def run(tile):
         be, bc, nw = tile
-        kern[(cdiv(E, be),)](h, g, Y, R, dY if need_Y else h, dR if need_R else h, graph.senders, graph.receivers,
-                             E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+        autotune.launch(kern, (cdiv(E, be),), h, g, Y, R, dY if need_Y else h, dR if need_R else h, graph.senders,
+                        graph.receivers, E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
 
     run(_tile("TUMBLER_CONV_EDGE_CFG", "conv_edge", (tab.key, C, dt, _size_class(E), need_Y, need_R),
               lambda: edge_candidates(C, max(tab.K_in, tab.K_out)), run, dev))
@@ -272,9 +272,9 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         be, bc, nw = tile
         ncb = cdiv(C, bc)
         parts = torch.empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh), dtype=dt, device=dev) if need_Y else None
-        kern[(N, ncb)](h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh, graph.send_order,
-                       graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=be, BC=bc, NEED_H=True,
-                       NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
+        autotune.launch(kern, (N, ncb), h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh,
+                        graph.send_order, graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=be, BC=bc,
+                        NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
         return (parts if ncb == 1 else parts.sum(0)) if need_Y else None
 
     dY = run(_tile("TUMBLER_CONV_NODE_CFG", "conv_sender",

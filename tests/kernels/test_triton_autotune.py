@@ -55,11 +55,17 @@ def test_fastest_is_chosen_remembered_and_stored(tuner, tmp_path):
     autotune, timed = tuner
     ran = []
     problem = ("tab", 128, torch.float32, 15)
-    assert autotune.choose("conv_recv", problem, lambda: CANDIDATES, ran.append, CPU) == (8, 32, 8)
-    assert timed == CANDIDATES and ran == CANDIDATES  # every candidate launched on the call's own buffers
+
+    def run(config):  # (config, whether the launchers only compile)
+        ran.append((config, autotune._COMPILE_ONLY.get()))
+
+    assert autotune.choose("conv_recv", problem, lambda: CANDIDATES, run, CPU) == (8, 32, 8)
+    # every candidate compiled first, all at once, then each timed on the call's own buffers
+    assert ran == [(c, True) for c in CANDIDATES] + [(c, False) for c in CANDIDATES]
+    assert timed == CANDIDATES
     # a second call takes the choice from memory: no timing, no candidate list
-    assert autotune.choose("conv_recv", problem, lambda: pytest.fail("listed again"), ran.append, CPU) == (8, 32, 8)
-    assert len(timed) == 3
+    assert autotune.choose("conv_recv", problem, lambda: pytest.fail("listed again"), run, CPU) == (8, 32, 8)
+    assert len(timed) == 3 and len(ran) == 6
     (path,) = tmp_path.glob("autotune-Fake-GPU-9000-triton*.json")
     data = json.loads(path.read_text())
     assert data["gpu"] == "Fake GPU 9000"
@@ -129,14 +135,36 @@ def test_modes(tuner, monkeypatch, tmp_path):
     tuning.knob.cache_clear()
     assert autotune.choose("conv_recv", ("m0",), lambda: CANDIDATES, ran.append, CPU) == (4, 32, 4)
     assert ran == [] and timed == []
-    monkeypatch.setenv("TUMBLER_AUTOTUNE", "compile")  # every candidate launched once (compiled), the default kept
+    monkeypatch.setenv("TUMBLER_AUTOTUNE", "compile")  # every candidate compiled, the default kept, nothing stored
     tuning.knob.cache_clear()
-    assert autotune.choose("conv_recv", ("m1",), lambda: CANDIDATES, ran.append, CPU) == (4, 32, 4)
-    assert ran == CANDIDATES and timed == [] and not list(tmp_path.glob("*.json"))
+    assert autotune.choose("conv_recv", ("m1",), lambda: CANDIDATES,
+                           lambda c: ran.append((c, autotune._COMPILE_ONLY.get())), CPU) == (4, 32, 4)
+    assert ran == [(c, True) for c in CANDIDATES] and timed == [] and not list(tmp_path.glob("*.json"))
     monkeypatch.setenv("TUMBLER_AUTOTUNE", "yes")
     tuning.knob.cache_clear()
     with pytest.raises(ValueError, match="TUMBLER_AUTOTUNE='yes'"):
         autotune.choose("conv_recv", ("m2",), lambda: CANDIDATES, ran.append, CPU)
+
+
+def test_launch_compiles_only_while_candidates_are_gathered():
+    from kernels.triton import autotune
+    calls = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: calls.append(("launch", grid, args, meta))
+
+        def warmup(self, *args, grid, **meta):
+            calls.append(("warmup", grid, args, meta))
+
+    autotune.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
+    token = autotune._COMPILE_ONLY.set(True)
+    try:
+        autotune.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
+    finally:
+        autotune._COMPILE_ONLY.reset(token)
+    assert calls == [("launch", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2}),
+                     ("warmup", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2})]
 
 
 def test_no_timing_off_the_gpu_or_while_capturing(tuner, monkeypatch):
