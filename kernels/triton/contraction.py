@@ -32,9 +32,14 @@ def pullback(form: Form, s: int) -> Form:
 
 
 @lru_cache(maxsize=None)
+def _form_key(form: Form, outs: tuple, comps: tuple | None = None) -> str:
+    """A stable name of dF/ds for s in outs (components comps): of a generated kernel, and of an autotune problem."""
+    return hashlib.sha1(repr((form, outs) if comps is None else (form, outs, comps)).encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
 def _kernel(form: Form, outs: tuple, comps: tuple | None = None):
-    key = hashlib.sha1(repr((form, outs) if comps is None else (form, outs, comps)).encode()).hexdigest()[:16]
-    name = f"poly_{key}"
+    name = f"poly_{_form_key(form, outs, comps)}"
     return load_source(kernel_source(name, form, outs, comps), name)
 
 
@@ -100,10 +105,6 @@ def tile_candidates(C: int) -> list:
     return out
 
 
-@lru_cache(maxsize=None)
-def _problem_name(form: Form, outs: tuple) -> str:
-    return hashlib.sha1(repr((form, outs)).encode()).hexdigest()[:16]
-
 
 def make_plan(species: torch.Tensor, num_species: int, C: int) -> Plan:
     """The species plan of one call (species_plan.py: one launch). Outside CUDA-graph capture it reads one
@@ -136,18 +137,20 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
             kargs.append(results[-1])
     if N > 0 and C > 0:
         ins = [t.contiguous() if t is not None else ref for t in tensors]
+        outs = tuple(outs)
+        parts = launch_plan(form, outs)
 
         def run(tile):
             nb, bc, nw = tile
             grid = (plan.nchunk, -(-C // bc))
-            for part, comps in launch_plan(form, tuple(outs)):
+            for part, comps in parts:
                 autotune.launch(_kernel(form, part, comps), grid, *ins, *(kargs[outs.index(s)] for s in part),
                                 plan.perm, plan.ptr, S, C, CH=plan.ch, NB=nb, BC=bc, SP2=next_pow2(S + 1), num_warps=nw)
 
         # A form split into several kernels (MAX_MONOMIALS) keeps the default tile: tuning compiles every
         # candidate, and the largest forms take minutes each to compile (the second order at l<=3 -> l<=2).
-        tuned = len(launch_plan(form, tuple(outs))) == 1 and not knob("TUMBLER_SC_CFG")
-        run(autotune.choose("contraction", (_problem_name(form, tuple(outs)), C, dt, N.bit_length()),
+        tuned = len(parts) == 1 and not knob("TUMBLER_SC_CFG")
+        run(autotune.choose("contraction", (_form_key(form, outs), C, dt, N.bit_length()),
                             lambda: tile_candidates(C), run, dev) if tuned else tile_config(C))
     final = []
     for s, r in zip(outs, results):
