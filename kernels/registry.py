@@ -1,4 +1,4 @@
-"""Backend registry: get_ops("auto" | "reference" | "triton") -> Ops with the three ops.
+"""Backend registry: get_ops("auto" | "reference" | "triton") -> Ops with the three ops (and `precompile`).
 
   "reference"  pure PyTorch (kernels/reference.py), any device and dtype.
   "triton"     kernels/triton (fused kernels). Unavailable -> RuntimeError at get_ops. Each call needs
@@ -23,13 +23,21 @@ BACKENDS = ("auto", "reference", "triton")
 OP_NAMES = ("spherical_harmonics", "edge_conv", "symmetric_contraction")
 
 
+def _nothing_to_compile(fn: Callable, device: torch.device) -> bool:
+    return False
+
+
 class Ops(NamedTuple):
-    """The three ops of one backend; signatures as in kernels/reference.py."""
+    """The three ops of one backend; signatures as in kernels/reference.py. precompile(fn, device) compiles, all
+    at once in threads, the kernels that fn() would launch on `device` (a training or evaluation step), so that a
+    fresh machine does not compile them one after another at their first launches; fn's results are meaningless.
+    Returns whether it ran fn: only where this backend compiles kernels (Triton, on CUDA)."""
 
     name: str
     spherical_harmonics: Callable
     edge_conv: Callable
     symmetric_contraction: Callable
+    precompile: Callable = _nothing_to_compile
 
 
 REFERENCE = Ops("reference", reference.spherical_harmonics, reference.edge_conv, reference.symmetric_contraction)
@@ -88,6 +96,15 @@ def _pick_auto(op: str, first: torch.Tensor) -> Callable:
     return getattr(reference, op)
 
 
+def _precompile_triton(fn: Callable, device: torch.device) -> bool:
+    """launch.precompile(fn) on CUDA when kernels.triton imports (under Triton's CPU interpreter nothing compiles)."""
+    if torch.device(device).type != "cuda" or _load_triton() is None or _interpret():
+        return False
+    from .triton.launch import precompile
+    precompile(fn)
+    return True
+
+
 def _make_ops(name: str, pick: Callable) -> Ops:
     """Ops whose functions keep the reference signatures (keywords work) and dispatch through `pick`."""
 
@@ -103,7 +120,7 @@ def _make_ops(name: str, pick: Callable) -> Ops:
     fns = (spherical_harmonics, edge_conv, symmetric_contraction)
     for fn in fns:
         fn.__doc__ = f"[backend {name!r}] " + (getattr(reference, fn.__name__).__doc__ or "")
-    return Ops(name, *fns)
+    return Ops(name, *fns, precompile=_precompile_triton)
 
 
 AUTO = _make_ops("auto", _pick_auto)

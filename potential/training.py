@@ -41,6 +41,7 @@ import potential
 from potential.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from potential.config import ConfigError, TrainConfig, config_to_dict, dump_config
 from potential.metrics import METRIC_NAMES, ErrorMetrics, LossWeights, compute_loss, format_header, format_row
+from potential.model import calling_thread_backward
 from potential.trainset import data_statistics, prepare_data
 
 __all__ = ["CSV_FIELDS", "TrainingError", "resolve_device", "evaluate_model", "Trainer", "run"]
@@ -139,6 +140,7 @@ class Trainer:
             raise ConfigError(f"model: {e}") from e
         self.model = potential.Potential(model_config).to(self.device)
         self.model.zero_readouts()  # start from E = E0 + shift (a restart then loads its own weights)
+        self._precompiled = False  # the first step of this process compiles its kernels at once (_precompile)
         if self.world > 1:
             for p in self.model.parameters():
                 dist.broadcast(p.data, 0)
@@ -259,6 +261,22 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- loop
 
+    def _precompile(self, batch, need_f: bool, need_s: bool) -> None:
+        """Compile the kernels of a training step and of an evaluation pass all at once, in threads, before the
+        first step of this process (kernels.Ops.precompile; on a fresh machine Triton would otherwise compile them
+        one after another). The pass computes nothing that is kept: no gradient reaches the weights."""
+        self._precompiled = True
+        params = [p for p in self.model.parameters() if p.requires_grad]
+
+        def step_and_evaluation():
+            out = self.model(batch, forces=need_f, stress=need_s, training=True)
+            loss, _ = compute_loss(batch, out, self.weights)
+            with calling_thread_backward():
+                torch.autograd.grad(loss, params, allow_unused=True)
+            self.model(batch, forces=need_f, stress=need_s, training=False)
+
+        self.model.ops.precompile(step_and_evaluation, self.device)
+
     def _train_epoch(self) -> dict:
         t = self.cfg.training
         w = self.weights
@@ -274,6 +292,8 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=None if self.main else True)
         for batch in bar:
             batch = batch.to(device=self.device, dtype=self.dtype)
+            if not self._precompiled:
+                self._precompile(batch, need_f, need_s)
             out = self.model(batch, forces=need_f, stress=need_s, training=True)
             loss, _ = compute_loss(batch, out, w)
             bad = torch.tensor(float(not torch.isfinite(loss)), device=self.device)
@@ -282,7 +302,8 @@ class Trainer:
             if bad.item():
                 self._nonfinite("loss", loss.item(), batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with calling_thread_backward():
+                loss.backward()
             if self.world > 1:
                 for p in params:
                     if p.grad is not None:

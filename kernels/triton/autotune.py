@@ -16,6 +16,9 @@ the order of a float32 sum over edges, within the float32 bounds the tests asser
                           (bench/run_gpu.sh compiles in parallel processes, where timings would disturb each other)
   TUMBLER_AUTOTUNE_CACHE  the folder of the JSON files (default ~/.cache/tumbler)
 
+A precompile pass (launch.precompile) compiles every candidate of a new problem, or only the stored choice, and
+chooses nothing: the first real call then times candidates that are already compiled.
+
 Tuning never runs during CUDA-graph capture or off CUDA (Triton's interpreter on CPU): those calls take the
 default, or the choice already made.
 """
@@ -25,26 +28,16 @@ import json
 import os
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .launch import compile_only, compiling
 from .tuning import knob
 
 _CHOICES: dict = {}  # (launcher, problem) -> config, in this process
 _STORED: dict = {}  # "path" -> the JSON file's path, "choices" -> {key text: config list}, loaded once
-_COMPILE_ONLY: ContextVar = ContextVar("tumbler_compile_only", default=False)
-
-
-def launch(kernel, grid: tuple, *args, **meta) -> None:
-    """kernel[grid](*args, **meta); only its compilation while `_compile` gathers the candidates' compilations."""
-    if _COMPILE_ONLY.get():
-        kernel.warmup(*args, grid=grid, **meta)
-    else:
-        kernel[grid](*args, **meta)
 
 
 def choose(launcher: str, problem: tuple, candidates: Callable[[], list], run: Callable,
@@ -65,6 +58,12 @@ def choose(launcher: str, problem: tuple, candidates: Callable[[], list], run: C
         raise ValueError(f"TUMBLER_AUTOTUNE={mode!r}: expected 1 (tune), 0 (defaults) or compile")
     if not _can_time(device):
         return candidates[0]
+    if compiling():  # a precompile pass (launch.py): compile what the first real call will run, choose nothing
+        recalled = _recalled(key, candidates) if mode == "1" else None
+        if mode != "0" and not recalled:
+            for c in candidates[1:]:
+                run(c)
+        return recalled or candidates[0]
     if mode == "0":
         config = candidates[0]
     elif mode == "compile":
@@ -101,25 +100,15 @@ def _gpu_name() -> str:
 
 
 def _compile(candidates: list, run: Callable) -> None:
-    """Compile every candidate at once. Under Triton's AsyncCompileMode each compilation goes to a thread, and the
-    launchers only compile (`launch`). Triton's compiler and ptxas release the GIL: two sm_90 compilations of the
-    l<=3 sender pass took 13.6 s in two threads against 23.6 s one after the other, on 2 cores. A candidate that
-    fails to compile is left to its timed call, which reports it. Without AsyncCompileMode (an older Triton) each
-    candidate compiles at its first timed call."""
-    try:
-        from triton.runtime._async_compile import AsyncCompileMode
-    except ImportError:
-        return
-    token = _COMPILE_ONLY.set(True)
-    try:
-        with ThreadPoolExecutor(len(candidates)) as pool, AsyncCompileMode(pool, ignore_errors=True):
-            for c in candidates:
-                try:
-                    run(c)
-                except Exception:  # reported by its timed call
-                    pass
-    finally:
-        _COMPILE_ONLY.reset(token)
+    """Compile every candidate at once, in threads (launch.compile_only: Triton's compiler and ptxas release the
+    GIL; two sm_90 compilations of the l<=3 sender pass took 13.6 s in two threads against 23.6 s one after the
+    other, on 2 cores). A candidate that fails to compile is left to its timed call, which reports it."""
+    with compile_only(len(candidates)):
+        for c in candidates:
+            try:
+                run(c)
+            except Exception:  # reported by its timed call
+                pass
 
 
 def _fastest(candidates: list, run: Callable, key: tuple) -> tuple:

@@ -16,6 +16,7 @@ from .codegen import load_source, next_pow2
 from .poly import Form, contraction_form, kernel_source
 from .species_plan import Plan, species_plan, species_sum
 from . import autotune
+from .launch import launch
 from .tuning import knob
 
 
@@ -144,7 +145,7 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
             nb, bc, nw = tile
             grid = (plan.nchunk, -(-C // bc))
             for part, comps in parts:
-                autotune.launch(_kernel(form, part, comps), grid, *ins, *(kargs[outs.index(s)] for s in part),
+                launch(_kernel(form, part, comps), grid, *ins, *(kargs[outs.index(s)] for s in part),
                                 plan.perm, plan.ptr, S, C, CH=plan.ch, NB=nb, BC=bc, SP2=next_pow2(S + 1), num_warps=nw)
 
         # A form split into several kernels (MAX_MONOMIALS) keeps the default tile: tuning compiles every

@@ -18,6 +18,7 @@ import torch
 from .codegen import cached_hash, cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
 from . import autotune
+from .launch import launch
 from .tuning import knob
 
 
@@ -202,7 +203,7 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
 
     def run(tile):
         be, bc, nw = tile
-        autotune.launch(kern, (N, cdiv(C, bc)), h, Y, R, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C,
+        launch(kern, (N, cdiv(C, bc)), h, Y, R, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C,
                         BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
 
     run(_tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(E)),
@@ -221,7 +222,7 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
 
     def run(tile):
         be, bc, nw = tile
-        autotune.launch(kern, (N, cdiv(C, bc)), g, Y, R, out, graph.send_ptr, graph.send_perm, graph.receivers, C,
+        launch(kern, (N, cdiv(C, bc)), g, Y, R, out, graph.send_ptr, graph.send_perm, graph.receivers, C,
                         BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
 
     run(_tile("TUMBLER_CONV_NODE_CFG", "conv_send", (tab.key, C, g.dtype, _size_class(N), _size_class(Y.shape[0])),
@@ -246,7 +247,7 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
 
     def run(tile):
         be, bc, nw = tile
-        autotune.launch(kern, (cdiv(E, be),), h, g, Y, R, dY if need_Y else h, dR if need_R else h, graph.senders,
+        launch(kern, (cdiv(E, be),), h, g, Y, R, dY if need_Y else h, dR if need_R else h, graph.senders,
                         graph.receivers, E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
 
     run(_tile("TUMBLER_CONV_EDGE_CFG", "conv_edge", (tab.key, C, dt, _size_class(E), need_Y, need_R),
@@ -272,7 +273,7 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
         be, bc, nw = tile
         ncb = cdiv(C, bc)
         parts = torch.empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh), dtype=dt, device=dev) if need_Y else None
-        autotune.launch(kern, (N, ncb), h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh,
+        launch(kern, (N, ncb), h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh,
                         graph.send_order, graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=be, BC=bc,
                         NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
         return (parts if ncb == 1 else parts.sum(0)) if need_Y else None

@@ -48,6 +48,12 @@ def tuner(fresh, monkeypatch):
 
 
 CANDIDATES = [(4, 32, 4), (8, 32, 8), (2, 32, 2)]
+
+
+def compiling() -> bool:
+    """Whether the launches of the moment only compile (kernels/triton/launch.py)."""
+    from kernels.triton import launch
+    return launch.compiling()
 CPU = torch.device("cpu")
 
 
@@ -57,7 +63,7 @@ def test_fastest_is_chosen_remembered_and_stored(tuner, tmp_path):
     problem = ("tab", 128, torch.float32, 15)
 
     def run(config):  # (config, whether the launchers only compile)
-        ran.append((config, autotune._COMPILE_ONLY.get()))
+        ran.append((config, compiling()))
 
     assert autotune.choose("conv_recv", problem, lambda: CANDIDATES, run, CPU) == (8, 32, 8)
     # every candidate compiled first, all at once, then each timed on the call's own buffers
@@ -138,7 +144,7 @@ def test_modes(tuner, monkeypatch, tmp_path):
     monkeypatch.setenv("TUMBLER_AUTOTUNE", "compile")  # every candidate compiled, the default kept, nothing stored
     tuning.knob.cache_clear()
     assert autotune.choose("conv_recv", ("m1",), lambda: CANDIDATES,
-                           lambda c: ran.append((c, autotune._COMPILE_ONLY.get())), CPU) == (4, 32, 4)
+                           lambda c: ran.append((c, compiling())), CPU) == (4, 32, 4)
     assert ran == [(c, True) for c in CANDIDATES] and timed == [] and not list(tmp_path.glob("*.json"))
     monkeypatch.setenv("TUMBLER_AUTOTUNE", "yes")
     tuning.knob.cache_clear()
@@ -147,7 +153,7 @@ def test_modes(tuner, monkeypatch, tmp_path):
 
 
 def test_launch_compiles_only_while_candidates_are_gathered():
-    from kernels.triton import autotune
+    from kernels.triton import launch
     calls = []
 
     class Kernel:
@@ -157,12 +163,9 @@ def test_launch_compiles_only_while_candidates_are_gathered():
         def warmup(self, *args, grid, **meta):
             calls.append(("warmup", grid, args, meta))
 
-    autotune.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
-    token = autotune._COMPILE_ONLY.set(True)
-    try:
-        autotune.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
-    finally:
-        autotune._COMPILE_ONLY.reset(token)
+    launch.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
+    with launch.compile_only(2):
+        launch.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
     assert calls == [("launch", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2}),
                      ("warmup", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2})]
 
@@ -283,3 +286,45 @@ def test_every_contraction_candidate_matches_the_reference(monkeypatch, untuned)
         _forced(monkeypatch, "TUMBLER_SC_CFG", tile)
         for a, b in zip(passes(ops()), want):
             assert rel_err(a, b) < 1e-12, tile
+
+
+def test_a_precompile_pass_compiles_the_candidates_and_chooses_nothing(tuner, tmp_path):
+    """Under launch.precompile (the first step of a process, kernels.Ops.precompile) a new problem compiles every
+    candidate and returns the default without timing or storing; the first real call then times them. A problem
+    with a stored choice compiles only that choice."""
+    autotune, timed = tuner
+    from kernels.triton import launch
+    ran = []
+
+    def run(config):
+        ran.append((config, compiling()))
+
+    got = []
+
+    def call():  # as a launcher does: choose, then launch the choice
+        got.append(autotune.choose("conv_recv", ("p",), lambda: CANDIDATES, run, CPU))
+        run(got[-1])
+
+    launch.precompile(call)
+    assert got == [(4, 32, 4)] and timed == [] and not list(tmp_path.glob("*.json"))
+    assert sorted(ran) == sorted((c, True) for c in CANDIDATES)
+    assert not compiling()
+    assert autotune.choose("conv_recv", ("p",), lambda: CANDIDATES, run, CPU) == (8, 32, 8)  # tuned for real
+    assert timed == CANDIDATES
+    autotune._CHOICES.clear()  # a new process: the choice comes from the file
+    ran.clear()
+    got.clear()
+    launch.precompile(call)
+    assert got == [(8, 32, 8)] and ran == [((8, 32, 8), True)]
+
+
+def test_precompile_runs_only_where_kernels_compile():
+    import kernels
+    from kernels.triton import launch
+    ran = []
+    assert kernels.get_ops("reference").precompile(lambda: ran.append(1), torch.device("cpu")) is False
+    assert kernels.get_ops("triton").precompile(lambda: ran.append(1), torch.device("cpu")) is False
+    assert ran == []
+    inner = []
+    launch.precompile(lambda: launch.precompile(lambda: inner.append(compiling())))  # nested: one pass
+    assert inner == [True] and not compiling()

@@ -62,3 +62,47 @@ def test_triton_model_equals_reference(lmax):
             assert float(g.abs().max()) == 0
         else:
             assert T.rel_err(g, gr) < 1e-10
+
+
+_PRECOMPILE_SCRIPT = """
+import json, sys, torch
+from triton import knobs
+sys.path[:0] = [{root!r}, {tests!r}]
+import potential, test_triton_model as M
+config = {{**M.CONFIG, "channels": 16, "dtype": "float32", "backend": "triton"}}
+torch.manual_seed(0)
+model = potential.Potential(potential.ModelConfig.from_dict(config)).to("cuda")
+batch = M._batch().to(dtype=torch.float32)
+compiled = {{"ahead": [], "step": []}}
+phase = "ahead"
+knobs.compilation.listener = lambda **kw: compiled[phase].append(bool(kw["cache_hit"]))
+assert model.ops.precompile(lambda: M._run(model, batch), torch.device("cuda")) is True
+phase = "step"
+out, grads = M._run(model, batch)
+knobs.compilation.listener = None
+plain = potential.Potential(potential.ModelConfig.from_dict(config)).to("cuda")
+plain.load_state_dict(model.state_dict())
+out0, grads0 = M._run(plain, batch)
+errors = [M.T.rel_err(out[k], out0[k]) for k in ("energy", "forces", "stress")]
+errors += [M.T.rel_err(g, g0) for g, g0 in zip(grads, grads0) if float(g0.abs().max()) > 0]
+print(json.dumps(dict(ahead=len(compiled["ahead"]), step=len(compiled["step"]), worst=max(errors))))
+"""
+
+
+@pytest.mark.skipif(not T.GPU, reason="precompiling compiles only on CUDA (off CUDA, Ops.precompile runs nothing)")
+def test_precompile_compiles_the_step_ahead_and_changes_nothing(tmp_path):
+    """kernels.Ops.precompile on a force-training step, in a fresh process with empty caches: the kernels compile
+    in that pass, the step after it compiles nothing, and its numbers equal those of a model that never
+    precompiled (float32 rounding: torch's index_add on CUDA sums in no fixed order)."""
+    import json
+    import os
+    import subprocess
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton"), "TUMBLER_KERNEL_CACHE": str(tmp_path / "src"),
+           "TUMBLER_AUTOTUNE": "0"}
+    script = _PRECOMPILE_SCRIPT.format(root=str(root), tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ahead"] > 10 and result["step"] == 0, result
+    assert result["worst"] < 1e-5, result

@@ -1,0 +1,134 @@
+"""Where the synced time of a small pass goes: the 20k-edge conv passes, ours and the peers, under process
+settings that change the host's part and not the GPU's. GPU only; peers from the bundle on PYTHONPATH.
+
+    python bench/sync_modes.py [--cfg=0,1,2] [--rounds=3] [--peers=oeq,cueq] [--settings=default,one_thread]
+        [--phases=clean,profiled,graphed]
+
+Settings, taken in turn within each round (so a drift of the host's speed hits all of them alike):
+  default      as bench/kernels.py runs
+  one_thread   torch.autograd.set_multithreading_enabled(False): the backward runs on the calling thread
+               instead of the engine's CUDA device thread (no hand-off between threads and no wake-up)
+  no_gc        gc.disable() (Python's collector never runs inside a timed call)
+Phases (--phases, in order; each adds to the process's history): `clean` (nothing else has run yet),
+`profiled` (after one torch.profiler session per pass, as bench/kernels.py's GPU-time column runs after each
+timing), `graphed` (after each pass was captured in a CUDA graph and replayed, as its graph column).
+Prints, for each config, phase, pass, backend and setting, the median CUDA-event ms of synced calls and the
+median host ms of the same calls (bench/kernels.py's med_ms), as the median over rounds; then one JSON line.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _load(name, file):
+    spec = importlib.util.spec_from_file_location(name, _HERE / file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load("tumbler_bench_kernels", "kernels.py")  # puts the repo root on sys.path
+import kernels  # noqa: E402
+
+SETTINGS = ("default", "one_thread", "no_gc")
+PHASES = {  # what runs on every pass before a phase's timings (they accumulate, in the order given)
+    "clean": lambda fn: None,
+    "profiled": bench.gpu_ms,  # one torch.profiler session, as bench/kernels.py's GPU-time column
+    "graphed": bench.graph_ms,  # captured in a CUDA graph and replayed, as its graph column
+}
+
+
+@contextlib.contextmanager
+def setting(name):
+    if name == "no_gc":
+        gc.disable()
+        try:
+            yield
+        finally:
+            gc.enable()
+    elif name == "one_thread":
+        with torch.autograd.set_multithreading_enabled(False):
+            yield
+    else:
+        yield
+
+
+def passes_for(cfg, peers):
+    """{(backend, pass): fn} for one CONV config: ours as bench/kernels.py builds it, the peers through
+    bench/peers.py (their builder hands each pass to `measure`, which here only collects it)."""
+    name, lmax_in, C, n, k = bench.CONV[cfg]
+    spec = kernels.ConvSpec(lmax_in, 3, 3)
+    send, recv = bench.graph(n, k)
+    gr = kernels.make_graph(send, recv, n)
+    ops = kernels.get_ops("triton")
+    E = send.shape[0]
+    torch.manual_seed(0)
+    x = torch.randn(n, spec.dim_in, C, device="cuda", requires_grad=True)
+    vec = torch.randn(E, 3, device="cuda", requires_grad=True)
+    w = torch.randn(E, spec.num_paths, C, device="cuda", requires_grad=True)
+    Yd = ops.spherical_harmonics(vec, 3).detach().requires_grad_(True)
+    g = torch.randn(n, spec.dim_out, C, device="cuda")
+
+    def fwdbwd():
+        torch.autograd.grad(ops.edge_conv(x, Yd, w, gr, spec), [x, Yd, w], g)
+
+    def dbl():
+        Yv = ops.spherical_harmonics(vec, 3)
+        (f,) = torch.autograd.grad((ops.edge_conv(x, Yv, w, gr, spec) * g).sum(), vec, create_graph=True)
+        torch.autograd.grad((f * f).sum(), [x, w])
+
+    fns = {("tumbler", "fwdbwd"): fwdbwd, ("tumbler", "dbl"): dbl}
+    for peer in peers:  # one call per peer: its pass closures read the builder's loop variables
+        collected = []
+        (row,) = bench._peers().conv_rows(lmax_in, C, send, recv, n, [peer], lambda fn: collected.append(fn) or {})
+        if "error" not in row:  # collected: fwd, fwdbwd, dbl
+            fns[(peer, "fwdbwd")], fns[(peer, "dbl")] = collected[1], collected[2]
+    return name, fns
+
+
+def main(argv):
+    opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    cfgs = [int(c) for c in opts.get("cfg", "0,1,2").split(",")]
+    rounds = int(opts.get("rounds", "3"))
+    peers = [p for p in opts.get("peers", "oeq,cueq").split(",") if p]
+    settings = opts.get("settings", ",".join(SETTINGS)).split(",")
+    phases = opts.get("phases", "clean,profiled").split(",")
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    results = []
+    for cfg in cfgs:
+        name, fns = passes_for(cfg, peers)
+        for fn in fns.values():  # compile and warm every pass before any timing
+            fn()
+        torch.cuda.synchronize()
+        for phase in phases:
+            for fn in fns.values():
+                PHASES[phase](fn)
+            got = {}
+            for _ in range(rounds):
+                for (backend, p), fn in fns.items():
+                    for s in settings:
+                        with setting(s):
+                            ms = bench.med_ms(fn)
+                        got.setdefault((backend, p, s), []).append((ms, bench.LAST_HOST_MS[0]))
+            for (backend, p, s), v in got.items():
+                ev, host = np.median([a for a, _ in v]), np.median([b for _, b in v])
+                print(f"{name:<14} {phase:<8} {p:<7} {backend:<8} {s:<11} event {ev:7.3f} ms   host {host:7.3f} ms"
+                      f"   rounds {' '.join(f'{a:.3f}' for a, _ in v)}", flush=True)
+                results.append(dict(cfg=name, phase=phase, pass_=p, backend=backend, setting=s, event_ms=ev,
+                                    host_ms=host, rounds=[a for a, _ in v]))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
