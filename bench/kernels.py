@@ -236,6 +236,24 @@ def over_rounds(per_round: list) -> list:
     return out
 
 
+def conv_passes(ops, spec, gr, x, vec, w, Yd, g) -> tuple:
+    """The conv's three passes on node features x, edge vectors vec (harmonics Yd, detached), weights w and a
+    cotangent g: fwd (no grad), fwdbwd (gradients of x, Yd, w) and dbl (force training: SH(vec) -> conv; forces
+    with create_graph; a loss on them backpropagated to x and w)."""
+    def fwd():
+        with torch.no_grad():
+            return ops.edge_conv(x, Yd, w, gr, spec)
+
+    def fwdbwd():
+        torch.autograd.grad(ops.edge_conv(x, Yd, w, gr, spec), [x, Yd, w], g)
+
+    def dbl():
+        Yv = ops.spherical_harmonics(vec, 3)
+        (f,) = torch.autograd.grad((ops.edge_conv(x, Yv, w, gr, spec) * g).sum(), vec, create_graph=True)
+        torch.autograd.grad((f * f).sum(), [x, w])
+    return fwd, fwdbwd, dbl
+
+
 def bench_conv(ops, peers_on, measure, quick):
     rows = []
     for name, lmax_in, C, n, k in _select(CONV, quick):
@@ -250,17 +268,7 @@ def bench_conv(ops, peers_on, measure, quick):
         Yd = ops.spherical_harmonics(vec, 3).detach().requires_grad_(True)
         g = torch.randn(n, spec.dim_out, C, device=DEV)
 
-        def fwd():
-            with torch.no_grad():
-                return ops.edge_conv(x, Yd, w, gr, spec)
-
-        def fwdbwd():
-            torch.autograd.grad(ops.edge_conv(x, Yd, w, gr, spec), [x, Yd, w], g)
-
-        def dbl():
-            Yv = ops.spherical_harmonics(vec, 3)
-            (f,) = torch.autograd.grad((ops.edge_conv(x, Yv, w, gr, spec) * g).sum(), vec, create_graph=True)
-            torch.autograd.grad((f * f).sum(), [x, w])
+        fwd, fwdbwd, dbl = conv_passes(ops, spec, gr, x, vec, w, Yd, g)
         floor = conv_floor(n, E, spec.dim_in, spec.dim_sh, spec.dim_out, spec.num_paths, C)
         per_round = []
         for _ in range(ROUNDS if peers_on and E <= 20_000 and not OPTS["warm"] else 1):

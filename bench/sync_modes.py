@@ -79,15 +79,7 @@ def passes_for(cfg, peers):
     w = torch.randn(E, spec.num_paths, C, device="cuda", requires_grad=True)
     Yd = ops.spherical_harmonics(vec, 3).detach().requires_grad_(True)
     g = torch.randn(n, spec.dim_out, C, device="cuda")
-
-    def fwdbwd():
-        torch.autograd.grad(ops.edge_conv(x, Yd, w, gr, spec), [x, Yd, w], g)
-
-    def dbl():
-        Yv = ops.spherical_harmonics(vec, 3)
-        (f,) = torch.autograd.grad((ops.edge_conv(x, Yv, w, gr, spec) * g).sum(), vec, create_graph=True)
-        torch.autograd.grad((f * f).sum(), [x, w])
-
+    _, fwdbwd, dbl = bench.conv_passes(ops, spec, gr, x, vec, w, Yd, g)
     fns = {("tumbler", "fwdbwd"): fwdbwd, ("tumbler", "dbl"): dbl}
     for peer in peers:  # one call per peer: its pass closures read the builder's loop variables
         collected = []
