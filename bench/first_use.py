@@ -115,7 +115,7 @@ def one(xyz: str, precompile: bool) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cold", action="store_true", help="fresh processes and empty caches, both modes")
+    p.add_argument("--cold", action="store_true", help="each --variants entry in a fresh process with empty caches")
     p.add_argument("--precompile", action="store_true", help="compile the step's kernels at once before it")
     p.add_argument("--compile-times", action="store_true", help="each kernel's compile time, longest first")
     p.add_argument("--variants", default="0,0p,1,1p,again", help="with --cold: which, in order (VARIANTS)")
