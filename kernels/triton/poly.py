@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .codegen import cached_hash, lit
+from .codegen import cached_hash, lit, next_pow2
 
 SUM_CHUNK = 32  # terms per emitted partial sum (see kernel_source.total)
 
@@ -73,6 +73,39 @@ def _name(f) -> str:
     return f"s{f[0]}_{f[1]}"
 
 
+# A weight slot's components are loaded with one tl.load of a [BC, K] tile and split into [BC] vectors, and a weight
+# output is stored with one tl.store, instead of one load or store per component. Triton's coalescing pass
+# (TritonGPUCoalesce) walks the whole kernel once per load and store (mlir::getSlice), which made it most of the
+# compile time of the large kernels. Measured (bench/NOTES.md v14): sm_90 compilation of the seven second-order
+# l<=3 -> l<=1 kernels 39 -> 31 s on the CPU machine; the first force-training step of bench/first_use.py on an
+# empty cache 92.1 -> 71.9 s on an H200 host. These loads and stores run once per program, and the kernels run as
+# fast or faster (l<=3 -> l0 fwd+bwd 0.075 -> 0.067 ms). Packing the node slots too, which are loaded in every
+# iteration of the node loop, moved every tile through shared memory: l<=3 -> l<=1 fwd+bwd 0.197 -> 0.234 ms.
+
+
+def _split_lines(var: str, lead: str, ks: list, names: dict, indent: str) -> list:
+    """Source lines splitting `var`, a tensor [*lead, len(ks)] (len a power of two) whose last index j holds
+    component ks[j], into one tensor [*lead] per component named names[k] (components not in names are dropped).
+    tl.split halves a trailing axis of 2; reshaping [..., n] to [..., n/2, 2] puts the even positions in the
+    first half and the odd ones in the second."""
+    if not any(k in names for k in ks):
+        return []
+    if len(ks) == 2:
+        a, b = (names.get(k, f"{var}_unused{k}") for k in ks)
+        return [f"{indent}{a}, {b} = tl.split({var})"]
+    even, odd = f"{var}e", f"{var}o"
+    return ([f"{indent}{even}, {odd} = tl.split(tl.reshape({var}, [{lead}, {len(ks) // 2}, 2]))"]
+            + _split_lines(even, lead, ks[0::2], names, indent) + _split_lines(odd, lead, ks[1::2], names, indent))
+
+
+def _joined(vals: list, lead: str) -> str:
+    """An expression of the tensor [*lead, len(vals)] (len a power of two) whose last index j holds vals[j], each
+    a tensor [*lead]: the inverse of _split_lines."""
+    if len(vals) == 2:
+        return f"tl.join({vals[0]}, {vals[1]})"
+    return f"tl.reshape(tl.join({_joined(vals[0::2], lead)}, {_joined(vals[1::2], lead)}), [{lead}, {len(vals)}])"
+
+
 def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None) -> str:
     """Triton source computing dF/d(slot) for every slot in `outs` (see the module docstring).
 
@@ -99,10 +132,17 @@ def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None
          "    cm = c < C",
          "    sp, start, end = chunk_atoms(PTR, NSPECIES, j, CH, SP2)",
          "    dt = S0.dtype.element_ty"]
-    for f in used:
-        if f[0] in weight_slots:
-            K = form.slots[f[0]][1]
-            L.append(f"    {_name(f)} = tl.load(S{f[0]} + sp * ({K} * C) + {f[1]} * C + c, mask=cm, other=0.0)[None, :]")
+    for t in weight_slots:  # one [BC, KP] load per weight slot, split into its components (see _split_lines)
+        names = {f[1]: _name(f) + "r" for f in used if f[0] == t}
+        if not names:
+            continue
+        K = form.slots[t][1]
+        KP = max(2, next_pow2(K))
+        L += [f"    kw = tl.arange(0, {KP})",
+              f"    w{t} = tl.load(S{t} + sp * ({K} * C) + kw[None, :] * C + c[:, None], "
+              f"mask=cm[:, None] & (kw[None, :] < {K}), other=0.0)"]
+        L += _split_lines(f"w{t}", "BC", list(range(KP)), names, "    ")
+        L += [f"    {v[:-1]} = {v}[None, :]" for v in names.values()]
     for j, s in enumerate(outs):
         if s in weight_slots:
             for i in derivs[s]:
@@ -174,8 +214,10 @@ def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None
     for j, s in enumerate(outs):
         if s in weight_slots:
             K = form.slots[s][1]
-            L.append(f"    prow = O{j} + j * ({K} * C) + c")
-            for i in range(K):
-                val = f"tl.reduce(a{j}_{i}, 0, _add)" if i in derivs[s] else "tl.zeros([BC], dt)"
-                L.append(f"    tl.store(prow + {i} * C, {val}, mask=cm)")
+            KP = max(2, next_pow2(K))
+            vals = [f"tl.reduce(a{j}_{i}, 0, _add)" if i in derivs[s] else "tl.zeros([BC], dt)" for i in range(K)]
+            vals += ["tl.zeros([BC], dt)"] * (KP - K)
+            L += [f"    kw = tl.arange(0, {KP})",
+                  f"    tl.store(O{j} + j * ({K} * C) + kw[None, :] * C + c[:, None], {_joined(vals, 'BC')}, "
+                  f"mask=cm[:, None] & (kw[None, :] < {K}))"]
     return "\n".join(L) + "\n"

@@ -158,6 +158,25 @@ def test_generated_sums_stay_shallow_for_large_forms():
     assert deepest <= 2 * SUM_CHUNK + 8  # an outer sum of parenthesised inner sums, plus index arithmetic
 
 
+def test_weight_slots_load_and_store_once_per_program():
+    """Triton's coalescing pass walks the whole kernel once per load and store, so each weight slot is one
+    [BC, K] load split into components, and each weight output one [BC, K] store (poly._split_lines): in the
+    second-order l<=3 -> l<=1 kernels that was 8 of 39 s of sm_90 compilation. Node slots keep one load per
+    component (packing them cost run time). Counted in the generated source of every kernel of the plan."""
+    from kernels.triton import contraction as sc
+    from kernels.triton.poly import kernel_source
+
+    second = sc.pullback(sc.pullback(sc.base_form(3, 1, 3), 2), 0)  # slots: x, W, g, G_out, G_x
+    weight_slots = [i for i, (kind, _) in enumerate(second.slots) if kind == "weight"]
+    for part, comps in sc.launch_plan(second, (0, 1, 3)):
+        src = kernel_source("probe", second, part, comps)
+        for t in weight_slots:
+            assert src.count(f"tl.load(S{t} +") <= 1, (part, comps, t)
+        for j, s in enumerate(part):
+            if s in weight_slots:
+                assert src.count(f"tl.store(O{j} +") == 1, (part, comps, s)
+
+
 @pytest.fixture
 def small_kernels(monkeypatch):
     """Kernels capped at 20 monomials, so that every derivative form splits into per-slot and per-component
