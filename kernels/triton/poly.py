@@ -133,7 +133,7 @@ def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None
          "    sp, start, end = chunk_atoms(PTR, NSPECIES, j, CH, SP2)",
          "    dt = S0.dtype.element_ty"]
     for t in weight_slots:  # one [BC, KP] load per weight slot, split into its components (see _split_lines)
-        names = {f[1]: _name(f) + "r" for f in used if f[0] == t}
+        names = {f[1]: _name(f) + "r" for f in used if f[0] == t}  # component -> its [BC] row
         if not names:
             continue
         K = form.slots[t][1]
@@ -142,7 +142,7 @@ def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None
               f"    w{t} = tl.load(S{t} + sp * ({K} * C) + kw[None, :] * C + c[:, None], "
               f"mask=cm[:, None] & (kw[None, :] < {K}), other=0.0)"]
         L += _split_lines(f"w{t}", "BC", list(range(KP)), names, "    ")
-        L += [f"    {v[:-1]} = {v}[None, :]" for v in names.values()]
+        L += [f"    {_name((t, k))} = {row}[None, :]" for k, row in names.items()]
     for j, s in enumerate(outs):
         if s in weight_slots:
             for i in derivs[s]:
