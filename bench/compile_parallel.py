@@ -44,7 +44,8 @@ def compile_one(job) -> float:
     sig = {f"S{j}": "*fp32" for j in range(len(form.slots))} | {f"O{j}": "*fp32" for j in range(len(part))}
     sig |= {"PERM": "*i64", "PTR": "*i64", "NSPECIES": "i32", "C": "i32", "CH": "constexpr", "NB": "constexpr",
             "BC": "constexpr", "SP2": "constexpr"}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(sig.items()) if ty.startswith("*") or name == "C"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (name, ty) in enumerate(sig.items())
+             if ty.startswith("*") or name == "C"}
     t = time.time()
     triton.compile(triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=dict(CH=32, NB=4, BC=32, SP2=16),
                                              attrs=attrs), target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -53,7 +54,8 @@ def compile_one(job) -> float:
 
 def main(argv):
     procs = int(next((a.split("=")[1] for a in argv if a.startswith("--procs=")), os.cpu_count() or 1))
-    lmaxes = [tuple(int(v) for v in a.split("=")[1].split(",")) for a in argv if a.startswith("--lmax=")] or [(3, 1, 3), (3, 0, 3)]
+    lmaxes = [tuple(int(v) for v in a.split("=")[1].split(",")) for a in argv if a.startswith("--lmax=")]
+    lmaxes = lmaxes or [(3, 1, 3), (3, 0, 3)]
     todo = jobs(lmaxes)
     todo.sort(key=lambda j: -sum(len(t) for t in j[0].derivative_terms(j[1][0]).values()))  # largest first
     for label, n in (("sequential", 1), (f"{procs} forked processes", procs)):

@@ -6,8 +6,9 @@ autotuning (kernels/triton/autotune.py) compiling and timing its candidate tiles
 
 --compile-times: one process (cold caches wanted), kernels compiled one after another at their first launches;
 prints each kernel's compile time (Triton's jit_cache_hook -> jit_post_compile_hook), longest first.
---precompile: the kernels of the step are compiled at once, in threads, before it (kernels.Ops.precompile, as
-the trainer does before the first step of a process); without it each compiles at its first launch.
+--precompile: the kernels of the step are compiled at once, in forked worker processes, before it
+(kernels.Ops.precompile, as the trainer does before the first step of a process); without it each compiles at its
+first launch.
 
 Model: 64 channels, hidden l<=1, sh l<=3, correlation 3, two interactions, float32; batch: eight copies of the
 first 3BPA structure (216 atoms; .bench_data/3bpa_first.xyz, or --xyz). Prints the first step's seconds and the

@@ -29,8 +29,9 @@ def _nothing_to_compile(fn: Callable, device: torch.device) -> bool:
 
 class Ops(NamedTuple):
     """The three ops of one backend; signatures as in kernels/reference.py. precompile(fn, device) compiles, all
-    at once in threads, the kernels that fn() would launch on `device` (a training or evaluation step), so that a
-    fresh machine does not compile them one after another at their first launches; fn's results are meaningless.
+    at once in worker processes (kernels/triton/launch.py), the kernels that fn() would launch on `device` (a
+    training or evaluation step), so that a fresh machine does not compile them one after another at their first
+    launches; fn's results are meaningless.
     Returns whether it ran fn: only where this backend compiles kernels (Triton, on CUDA)."""
 
     name: str

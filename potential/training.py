@@ -262,8 +262,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- loop
 
     def _precompile(self, batch, need_f: bool, need_s: bool) -> None:
-        """Compile the kernels of a training step and of an evaluation pass all at once, in threads, before the
-        first step of this process (kernels.Ops.precompile; on a fresh machine Triton would otherwise compile them
+        """Compile the kernels of a training step and of an evaluation pass all at once, in worker processes, before
+        the first step of this process (kernels.Ops.precompile; on a fresh machine Triton would otherwise compile them
         one after another). The pass computes nothing that is kept: no gradient reaches the weights."""
         self._precompiled = True
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -1,40 +1,52 @@
 """Kernel launches that can stand in for compilation, so that many kernels compile at once.
 
 Triton compiles a kernel at its first launch, one kernel after another: a fresh machine spends minutes on the
-first force-training step of a model (bench/first_use.py). Under `compile_only()` our tile-parameterised
-launches (conv.py, contraction.py) only submit their compilation to a thread pool (Triton's AsyncCompileMode)
-and return without running; leaving the context waits for every compilation. autotune.py compiles a problem's
-candidate tiles so, and `precompile(fn)` every kernel of a training step.
+first force-training step of a model (bench/first_use.py). Our tile-parameterised launches (conv.py,
+contraction.py) go through `launch`, which can instead only compile (under `compile_only()`: in a thread pool,
+Triton's AsyncCompileMode; autotune.py compiles a problem's candidate tiles so) or only record the launch (in a
+`precompile(fn)` pass, which then compiles what fn launched in forked worker processes).
 
-  launch(kernel, grid, *args, **meta)   kernel[grid](*args, **meta), or only its compilation under compile_only()
+  launch(kernel, grid, *args, **meta)   kernel[grid](*args, **meta); only compiled under compile_only(), only
+                                         recorded in a precompile pass
+  compiling()                            whether launches run for real at the moment
   compile_only(threads)                  the context above
-  precompile(fn)                         compiles what fn() would launch, in threads, then returns.
-                                         fn's results are meaningless (its kernels write nothing); launches made
-                                         outside `launch` (species plans, spherical harmonics) run for real, so
-                                         index data that later code reads is real.
+  precompile(fn)                         compiles what fn() would launch, then returns. fn's results are
+                                         meaningless (its kernels write nothing); launches made outside `launch`
+                                         (species plans, spherical harmonics) run for real, so index data that
+                                         later code reads is real.
 """
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Callable
 
+import torch
+
 _COMPILE_ONLY: ContextVar = ContextVar("tumbler_compile_only", default=False)
+_RECORDING: ContextVar = ContextVar("tumbler_recording", default=None)  # the launches of a precompile pass
+_RECORDED: list = []  # what forked workers compile: (kernel, grid, args, meta), set just before the fork
+_WORKER_TIMEOUT_S = 1800  # then the pass gives up on the workers and compiles in threads
 
 
 def launch(kernel, grid: tuple, *args, **meta) -> None:
-    """kernel[grid](*args, **meta); only its compilation under compile_only()."""
-    if _COMPILE_ONLY.get():
+    """kernel[grid](*args, **meta); only its compilation under compile_only(); only recorded in a precompile pass."""
+    recording = _RECORDING.get()
+    if recording is not None:
+        recording.append((kernel, grid, args, meta))
+    elif _COMPILE_ONLY.get():
         kernel.warmup(*args, grid=grid, **meta)
     else:
         kernel[grid](*args, **meta)
 
 
 def compiling() -> bool:
-    """Whether launches only compile (inside compile_only())."""
-    return _COMPILE_ONLY.get()
+    """Whether launches only compile or are only recorded (compile_only(), a precompile pass)."""
+    return _COMPILE_ONLY.get() or _RECORDING.get() is not None
 
 
 @contextlib.contextmanager
@@ -58,15 +70,88 @@ def compile_only(threads: int):
 
 
 def precompile(fn: Callable[[], object], threads: int | None = None) -> None:
-    """Run fn once with every `launch` only compiling, all kernels at once (threads: one per CPU by default).
-    Nested calls (fn itself precompiling) just run inside the outer one.
+    """Run fn once with every `launch` only recorded, then compile the recorded kernels all at once: in forked
+    worker processes (one per CPU by default), or in threads where that is not possible or a worker fails.
+    Later launches find the kernels in Triton's on-disk cache. Nested calls just run inside the outer one.
 
-    Measured on an H200 host with 16 CPUs (bench/first_use.py, a 29-kernel force-training step, empty caches):
-    87 s one after another, 73 s in threads. Triton's front end is Python and holds the GIL, so threads overlap
-    only ptxas and the parts of the compiler that release it. Compiling in worker processes instead (each
-    warming up its share into Triton's on-disk cache) was slower on another host of the kind: 102 s."""
+    Measured on an H200 host with 16 CPUs (bench/first_use.py --cold, a 29-kernel force-training step, empty
+    caches): the first step took 92.1 s with each kernel compiled at its first launch, 72.5 s with this pass in
+    threads (Triton's compiler holds the GIL, so threads overlap little) and 13.4 s with it in forked workers."""
     if compiling():
         fn()
         return
-    with compile_only(threads or os.cpu_count() or 1):
-        fn()
+    workers = threads or os.cpu_count() or 1
+    recorded: list = []
+    token = _RECORDING.set(recorded)
+    try:
+        # backward passes on this thread: autograd's device threads do not see this pass's context, and their
+        # launches would compile one by one (torch.autograd.set_multithreading_enabled)
+        with torch.autograd.set_multithreading_enabled(False):
+            fn()
+    finally:
+        _RECORDING.reset(token)
+    launches = list({_launch_key(r): r for r in recorded}.values())  # the same kernel and specialisation once
+    if workers > 1 and len(launches) > 1 and _compile_in_workers(launches, workers):
+        return
+    with compile_only(workers):
+        for kernel, grid, args, meta in launches:
+            kernel.warmup(*args, grid=grid, **meta)
+
+
+def _launch_key(record) -> tuple:
+    """What Triton specialises a launch on, roughly: the kernel, each tensor's dtype and 16-byte alignment, each
+    integer's ==1 and %16, the rest by value. Two records with one key compile to one kernel."""
+    kernel, grid, args, meta = record
+
+    def arg_key(a):
+        if hasattr(a, "data_ptr"):
+            return ("tensor", str(a.dtype), a.data_ptr() % 16 == 0)
+        if isinstance(a, int) and not isinstance(a, bool):
+            return ("int", a == 1, a % 16 == 0)
+        return ("value", repr(a))
+    return (id(kernel), tuple(arg_key(a) for a in args), tuple(sorted((k, repr(v)) for k, v in meta.items())))
+
+
+def _compile_in_workers(launches: list, workers: int) -> bool:
+    """Warm the launches up (JITFunction.warmup: compile into Triton's cache, launch nothing) in forked processes,
+    largest kernel source first; False (with a warning) if fork is unavailable or a worker fails. A forked child
+    must not touch CUDA through torch, so its Triton driver answers the device, stream and target with the
+    parent's, taken before the fork; compiling needs nothing else from the GPU (the tensors' addresses are read,
+    never used)."""
+    global _RECORDED
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    try:
+        from triton.runtime import driver
+        device = driver.active.get_current_device()
+        target = driver.active.get_current_target()
+    except Exception:  # no GPU driver (tests with stand-in kernels): nothing to answer for
+        device = target = None
+    order = sorted(range(len(launches)), key=lambda i: -len(getattr(launches[i][0], "src", "") or ""))
+    _RECORDED = launches
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(launches)), initializer=_worker_driver,
+                                                      initargs=(device, target)) as pool:
+            pool.map_async(_warm_up, order, chunksize=1).get(timeout=_WORKER_TIMEOUT_S)
+        return True
+    except Exception as exc:
+        warnings.warn(f"kernels/triton/launch.py: compiling in worker processes failed ({type(exc).__name__}: "
+                      f"{exc}); compiling in threads instead", RuntimeWarning, stacklevel=3)
+        return False
+    finally:
+        _RECORDED = []
+
+
+def _worker_driver(device, target) -> None:
+    if target is None:
+        return
+    from triton.runtime import driver
+    active = driver.active
+    active.get_current_device = lambda: device
+    active.get_current_stream = lambda *args: 0
+    active.get_current_target = lambda: target
+
+
+def _warm_up(i: int) -> None:
+    kernel, grid, args, meta = _RECORDED[i]
+    kernel.warmup(*args, grid=grid, **meta)

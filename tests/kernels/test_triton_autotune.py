@@ -7,6 +7,7 @@ and must give the reference's numbers.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -168,6 +169,48 @@ def test_launch_compiles_only_while_candidates_are_gathered():
         launch.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
     assert calls == [("launch", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2}),
                      ("warmup", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2})]
+
+
+def test_precompile_records_launches_and_compiles_them_in_worker_processes(tmp_path):
+    """A precompile pass runs fn with every launch only recorded; the recorded kernels (each specialisation once)
+    then compile in forked workers, and nothing is launched. A worker that fails hands the pass to threads in
+    this process, with a warning."""
+    from kernels.triton import launch
+    parent = os.getpid()
+    log = tmp_path / "warmups"
+    launched, warmed_here = [], []
+
+    class Kernel:
+        def __init__(self, name, fail_in_workers=False):
+            self.name, self.fail_in_workers, self.src = name, fail_in_workers, name * 10
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.append(self.name)
+
+        def warmup(self, *args, grid, **meta):
+            if os.getpid() == parent:
+                warmed_here.append(self.name)
+                return
+            if self.fail_in_workers:
+                raise RuntimeError("no compiler here")
+            with open(log, "a") as f:
+                f.write(f"{self.name} {args[1]} {meta['BE']}\n")
+
+    a, b = Kernel("a"), Kernel("b")
+
+    def step():
+        assert launch.compiling()
+        for kernel in (a, b, a):  # a twice with one specialisation: compiled once
+            launch.launch(kernel, (3, 1), torch.zeros(4), 7, BE=4, num_warps=2)
+        launch.launch(b, (3, 1), torch.zeros(4), 1, BE=4, num_warps=2)  # another specialisation of b (==1)
+    launch.precompile(step, threads=2)
+    assert launched == [] and warmed_here == [] and not launch.compiling()
+    assert sorted(log.read_text().splitlines()) == ["a 7 4", "b 1 4", "b 7 4"]
+
+    broken = Kernel("c", fail_in_workers=True)
+    with pytest.warns(RuntimeWarning, match="compiling in threads instead"):
+        launch.precompile(lambda: [launch.launch(k, (1,), torch.zeros(4), 7, BE=4) for k in (broken, a)], threads=2)
+    assert sorted(warmed_here) == ["a", "c"] and launched == []
 
 
 def test_no_timing_off_the_gpu_or_while_capturing(tuner, monkeypatch):
