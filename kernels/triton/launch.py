@@ -30,7 +30,7 @@ import torch
 _COMPILE_ONLY: ContextVar = ContextVar("tumbler_compile_only", default=False)
 _RECORDING: ContextVar = ContextVar("tumbler_recording", default=None)  # the launches of a precompile pass
 _RECORDED: list = []  # what forked workers compile: (kernel, grid, args, meta), set just before the fork
-_WORKER_TIMEOUT_S = 1800  # then the pass gives up on the workers and compiles in threads
+_WORKER_TIMEOUT_S = 900  # then the pass gives up on the workers and compiles in threads (a 29-kernel step: 9 s)
 
 
 def launch(kernel, grid: tuple, *args, **meta) -> None:
@@ -130,8 +130,13 @@ def _compile_in_workers(launches: list, workers: int) -> bool:
     order = sorted(range(len(launches)), key=lambda i: -len(getattr(launches[i][0], "src", "") or ""))
     _RECORDED = launches
     try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(launches)), initializer=_worker_driver,
-                                                      initargs=(device, target)) as pool:
+        with warnings.catch_warnings():
+            # Python 3.12 warns that forking a threaded process may deadlock the child on a lock another thread
+            # held; the workers only run Triton's compiler, and the timeout above covers the rest
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            pool = multiprocessing.get_context("fork").Pool(min(workers, len(launches)), initializer=_worker_driver,
+                                                            initargs=(device, target))
+        with pool:
             pool.map_async(_warm_up, order, chunksize=1).get(timeout=_WORKER_TIMEOUT_S)
         return True
     except Exception as exc:
