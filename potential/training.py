@@ -264,15 +264,15 @@ class Trainer:
     def _precompile(self, batch, need_f: bool, need_s: bool) -> None:
         """Compile the kernels of a training step and of an evaluation pass all at once, in worker processes, before
         the first step of this process (kernels.Ops.precompile; on a fresh machine Triton would otherwise compile them
-        one after another). The pass computes nothing that is kept: no gradient reaches the weights."""
+        one after another). The pass computes nothing that is kept: no gradient reaches the weights. Its backward
+        passes run on the calling thread (launch.precompile sees to it), where the pass's launches are recorded."""
         self._precompiled = True
         params = [p for p in self.model.parameters() if p.requires_grad]
 
         def step_and_evaluation():
             out = self.model(batch, forces=need_f, stress=need_s, training=True)
             loss, _ = compute_loss(batch, out, self.weights)
-            with calling_thread_backward():
-                torch.autograd.grad(loss, params, allow_unused=True)
+            torch.autograd.grad(loss, params, allow_unused=True)
             self.model(batch, forces=need_f, stress=need_s, training=False)
 
         self.model.ops.precompile(step_and_evaluation, self.device)

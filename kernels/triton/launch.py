@@ -8,7 +8,7 @@ Triton's AsyncCompileMode; autotune.py compiles a problem's candidate tiles so) 
 
   launch(kernel, grid, *args, **meta)   kernel[grid](*args, **meta); only compiled under compile_only(), only
                                          recorded in a precompile pass
-  compiling()                            whether launches run for real at the moment
+  compiling()                            whether launches only compile or are only recorded at the moment
   compile_only(threads)                  the context above
   precompile(fn)                         compiles what fn() would launch, then returns. fn's results are
                                          meaningless (its kernels write nothing); launches made outside `launch`
