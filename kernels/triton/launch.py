@@ -6,8 +6,9 @@ contraction.py) go through `launch`, which can instead only compile (under `comp
 Triton's AsyncCompileMode; autotune.py compiles a problem's candidate tiles so) or only record the launch (in a
 `precompile(fn)` pass, which then compiles what fn launched in forked worker processes).
 
-  launch(kernel, grid, *args, **meta)   kernel[grid](*args, **meta); only compiled under compile_only(), only
-                                         recorded in a precompile pass
+  launch(kernel, grid, *args, **meta)   kernel[grid](*args, **meta), from its second call on through the compiled
+                                         kernel's own launcher; only compiled under compile_only(), only recorded
+                                         in a precompile pass
   compiling()                            whether launches only compile or are only recorded at the moment
   compile_only(threads)                  the context above
   precompile(fn)                         compiles what fn() would launch, then returns. fn's results are
@@ -27,6 +28,11 @@ from typing import Callable
 
 import torch
 
+try:
+    from triton import knobs as _knobs
+except ImportError:  # a Triton without knobs: the registry reports the backend unavailable elsewhere
+    _knobs = None
+
 _COMPILE_ONLY: ContextVar = ContextVar("tumbler_compile_only", default=False)
 _RECORDING: ContextVar = ContextVar("tumbler_recording", default=None)  # the launches of a precompile pass
 _RECORDED: list = []  # what forked workers compile: (kernel, grid, args, meta), set just before the fork
@@ -34,14 +40,65 @@ _WORKER_TIMEOUT_S = 900  # then the pass gives up on the workers and compiles in
 
 
 def launch(kernel, grid: tuple, *args, **meta) -> None:
-    """kernel[grid](*args, **meta); only its compilation under compile_only(); only recorded in a precompile pass."""
+    """kernel[grid](*args, **meta); only its compilation under compile_only(); only recorded in a precompile pass.
+    args are the runtime arguments (tensors and ints, in parameter order), meta the constexprs by name and the
+    launch options (num_warps, num_stages)."""
     recording = _RECORDING.get()
     if recording is not None:
         recording.append((kernel, grid, args, meta))
     elif _COMPILE_ONLY.get():
         kernel.warmup(*args, grid=grid, **meta)
     else:
-        kernel[grid](*args, **meta)
+        _run(kernel, grid, args, meta)
+
+
+# Launching through the compiled kernel. `kernel[grid](...)` (JITFunction.run) binds and specialises every argument,
+# looks up the device, the stream and the compiled kernel, then calls the compiled kernel's launcher. The 20k-edge
+# passes are host-bound, and measured in synced calls on an H200 host (bench/probe_direct_launch.py, 128ch l0 conv
+# fwd+bwd, two launches) calling the launcher directly took 0.187 ms against 0.240 through JITFunction.run. So the
+# first launch of each specialisation goes through Triton, which compiles or loads the kernel, and later ones call
+# what it returned. The key is what Triton specialises on: each tensor's dtype and 16-byte alignment, each
+# integer's being 1, its divisibility by 16 and its 32-bit range, the constexprs and options; also the device.
+_DIRECT: dict = {}  # launch key -> (compiled kernel, constexpr values in parameter order, device, Triton's
+# current-device and current-stream functions), or None
+_I32 = 2**31
+
+
+def _run(kernel, grid: tuple, args: tuple, meta: dict) -> None:
+    key = (kernel, tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
+                          else (a == 1, a & 15 == 0, -_I32 <= a < _I32) if type(a) is int else a for a in args]),
+           tuple(meta.items()))
+    hit = _DIRECT.get(key, False)
+    if hit:
+        compiled, consts, device, current_device, current_stream = hit
+        if current_device() == device:
+            stream = current_stream(device)
+            grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+            # Triton's launch hooks (its profiler): chains of callables, called as Triton does when one holds any
+            enter, leave = _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook
+            if getattr(enter, "calls", enter) or getattr(leave, "calls", leave):
+                data = compiled.launch_metadata(grid3, stream, *args, *consts)
+            else:
+                data = enter = leave = None
+            compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, data, enter, leave,
+                         *args, *consts)
+            return
+    compiled = kernel[grid](*args, **meta)
+    if hit is False:
+        _DIRECT[key] = _direct_entry(kernel, compiled, len(args), meta)
+
+
+def _direct_entry(kernel, compiled, nargs: int, meta: dict):
+    """What later launches of this specialisation need, or None where Triton returned no compiled kernel with a
+    launcher (its CPU interpreter) or a constexpr was left to its default."""
+    names = getattr(kernel, "arg_names", ())[nargs:]
+    if _knobs is None or not all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata",
+                                                                "launch_metadata")) or not all(n in meta for n in names):
+        return None
+    from triton.runtime import driver
+    active = driver.active
+    return (compiled, tuple(meta[n] for n in names), active.get_current_device(), active.get_current_device,
+            active.get_current_stream)
 
 
 def compiling() -> bool:

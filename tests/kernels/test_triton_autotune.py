@@ -171,6 +171,57 @@ def test_launch_compiles_only_while_candidates_are_gathered():
                      ("warmup", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2})]
 
 
+def test_launch_calls_the_compiled_kernel_after_the_first_launch_of_a_specialisation(monkeypatch):
+    """The first launch of a specialisation goes through Triton (kernel[grid]); later ones call the compiled
+    kernel's own launcher with the grid, the current device's stream and every argument, constexprs last. A new
+    specialisation (a misaligned tensor, an integer equal to 1, another dtype, another tile) goes through Triton."""
+    from triton.runtime import driver
+    from kernels.triton import launch
+    calls = []
+
+    class Compiled:
+        function, packed_metadata = "function", "packed"
+
+        def run(self, *args):
+            calls.append(("direct",) + args)
+
+        def launch_metadata(self, *args):
+            return "metadata"
+
+    class Kernel:
+        arg_names = ["X", "N", "BE", "BC"]
+
+        def __getitem__(self, grid):
+            return lambda *args, **meta: calls.append(("triton", grid, args, meta)) or Compiled()
+
+    class Driver:
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device):
+            return 77
+
+    k = Kernel()
+    x, x64, shifted = torch.zeros(8), torch.zeros(8, dtype=torch.float64), torch.zeros(9)[1:]
+    monkeypatch.setattr(driver, "_active", Driver())  # Triton's active driver (set_active; its reset needs a GPU)
+    for args, meta in [((x, 7), dict(BE=4, BC=32)), ((x, 7), dict(BE=4, BC=32)), ((x, 23), dict(BE=4, BC=32)),
+                       ((shifted, 7), dict(BE=4, BC=32)), ((x, 1), dict(BE=4, BC=32)),
+                       ((x64, 7), dict(BE=4, BC=32)), ((x, 7), dict(BE=8, BC=32)), ((x, 7), dict(BE=8, BC=32))]:
+        launch.launch(k, (5, 2), *args, **meta, num_warps=4)
+    assert [c[0] for c in calls] == ["triton", "direct", "direct", "triton", "triton", "triton", "triton", "direct"]
+    direct = calls[1]
+    assert direct[1:7] == (5, 2, 1, 77, "function", "packed")  # grid padded to three, the stream, the kernel
+    assert direct[7:10] == (None, None, None)  # no launch hooks registered: no metadata, no hooks
+    hooks = launch._knobs.runtime
+    hooks.launch_enter_hook.add(print)  # a hook (Triton's profiler registers one): metadata and hooks, as Triton
+    try:
+        launch.launch(k, (5, 2), x, 7, BE=8, BC=32, num_warps=4)
+    finally:
+        hooks.launch_enter_hook.remove(print)
+    assert calls[-1][0] == "direct" and calls[-1][7:10] == ("metadata", hooks.launch_enter_hook, hooks.launch_exit_hook)
+    assert direct[-4:] == (x, 7, 4, 32) and calls[2][-4:] == (x, 23, 4, 32) and calls[7][-4:] == (x, 7, 8, 32)
+
+
 def test_precompile_records_launches_and_compiles_them_in_worker_processes(tmp_path):
     """A precompile pass runs fn with every launch only recorded; the recorded kernels (each specialisation once)
     then compile in forked workers, and nothing is launched. A worker that fails hands the pass to threads in

@@ -1,0 +1,137 @@
+"""Probe: how fast could a synced fwd+bwd of our conv be if its Triton launches cost as little as Python allows?
+
+    python bench/probe_direct_launch.py [--cfg=0,1,2] [--rounds=5]      (GPU; peers from the bundle on PYTHONPATH)
+    python bench/probe_direct_launch.py --pieces      (the host time of each piece of a launch, tight loop)
+
+Our conv's launches three ways, in rounds that alternate with OpenEquivariance's and cuEquivariance's fwd+bwd and
+the two floors of bench/sync_modes.py (synced CUDA-event medians, and the best peer over each):
+  jit      kernel[grid](...) every time (JITFunction.run: binding, specialisation, device and stream lookup)
+  library  kernels/triton/launch.py as shipped: the compiled kernel's launcher after a specialisation's first launch,
+           looked up by the specialisation key
+  ideal    the compiled kernel's launcher looked up by (kernel, constexprs) alone, with the stream taken once: no
+           key at all. A lower bound, valid here only because every call of a pass has the same specialisation.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("tumbler_bench_sync_modes", _HERE / "sync_modes.py")
+sync_modes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sync_modes)
+bench = sync_modes.bench
+
+from kernels.triton import conv as triton_conv  # noqa: E402
+
+_LIBRARY = triton_conv.launch
+_IDEAL: dict = {}  # (kernel, constexprs and options) -> (compiled kernel, constexpr values in parameter order)
+_MODE = ["jit"]
+
+
+def _launch(kernel, grid, *args, **meta):
+    if _MODE[0] == "jit":
+        kernel[grid](*args, **meta)
+        return
+    if _MODE[0] == "library":
+        return _LIBRARY(kernel, grid, *args, **meta)
+    key = (kernel, tuple(meta.items()))
+    hit = _IDEAL.get(key)
+    if hit is None:  # first call: Triton compiles or finds the kernel; keep it
+        compiled = kernel[grid](*args, **meta)
+        _IDEAL[key] = compiled, tuple(meta[n] for n in kernel.arg_names[len(args):])
+        return
+    compiled, consts = hit
+    g0, g1 = grid if len(grid) == 2 else (grid[0], 1)
+    compiled.run(g0, g1, 1, _STREAM[0], compiled.function, compiled.packed_metadata, None, None, None, *args, *consts)
+
+
+_STREAM = [0]
+
+
+def pieces():
+    """--pieces: the host time of each piece of launch.py's direct launch, in a tight loop (best of 20 x 2000 calls),
+    on the 128ch l0 sender launch of a fwd+bwd."""
+    import time
+    from kernels.triton import launch
+    name, fns = sync_modes.passes_for(1, [], ("fwdbwd",))
+    fwdbwd = fns[("tumbler", "fwdbwd")]
+    seen = []
+    real = launch._run
+    launch._run = lambda kernel, grid, args, meta: seen.append((kernel, grid, args, meta)) or real(kernel, grid, args, meta)
+    fwdbwd()
+    fwdbwd()
+    launch._run = real
+    kernel, grid, args, meta = seen[-1]
+    key = next(k for k in launch._DIRECT if k[0] is kernel)
+    compiled, consts, device, current_device, current_stream = launch._DIRECT[key]
+    stream = current_stream(device)
+    knobs = launch._knobs
+    grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, 1)
+    print("enter hook:", knobs.runtime.launch_enter_hook, "exit hook:", knobs.runtime.launch_exit_hook, flush=True)
+    T = torch.Tensor
+    I32 = launch._I32
+    cases = {
+        "key": lambda: (kernel, tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, T) else (a == 1, a & 15 == 0, -I32 <= a < I32) if type(a) is int else a for a in args]), tuple(meta.items())),
+        "lookup": lambda: launch._DIRECT.get(key, False),
+        "current_device": current_device,
+        "torch._C._cuda_getDevice": torch._C._cuda_getDevice,
+        "current_stream": lambda: current_stream(device),
+        "hook reads": lambda: (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook),
+        "launch_metadata": lambda: compiled.launch_metadata(grid3, stream, *args, *consts),
+        "run, hooks None": lambda: compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *consts),
+        "run, Triton's hooks": lambda: compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, compiled.launch_metadata(grid3, stream, *args, *consts), knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *args, *consts),
+        "launch.launch": lambda: launch.launch(kernel, grid, *args, **meta),
+        "kernel[grid]": lambda: kernel[grid](*args, **meta),
+    }
+    for label, fn in cases.items():
+        best = float("inf")
+        for _ in range(20):
+            t = time.perf_counter()
+            for _ in range(2000):
+                fn()
+            best = min(best, (time.perf_counter() - t) / 2000 * 1e6)
+        torch.cuda.synchronize()
+        print(f"{label:<24} {best:7.2f} us", flush=True)
+
+
+def main(argv):
+    if "--pieces" in argv:
+        return pieces()
+    opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    cfgs = [int(c) for c in opts.get("cfg", "0,1,2").split(",")]
+    rounds = int(opts.get("rounds", "5"))
+    _STREAM[0] = torch.cuda.current_stream().cuda_stream
+    triton_conv.launch = _launch
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    for cfg in cfgs:
+        name, fns = sync_modes.passes_for(cfg, ["oeq", "cueq"], ("fwdbwd",))
+        ours = fns.pop(("tumbler", "fwdbwd"))
+
+        def with_mode(mode):
+            def run():
+                _MODE[0] = mode
+                ours()
+            return run
+        fns = {"jit": with_mode("jit"), "library": with_mode("library"), "ideal": with_mode("ideal"),
+               **{backend: fn for (backend, _), fn in fns.items()}}
+        for fn in fns.values():
+            fn()
+        torch.cuda.synchronize()
+        got: dict = {}
+        for _ in range(rounds):
+            for b, fn in fns.items():
+                got.setdefault(b, []).append(bench.med_ms(fn))
+        med = {b: float(np.median(v)) for b, v in got.items()}
+        best = min((med[p], p) for p in ("oeq", "cueq") if p in med)
+        for b, v in got.items():
+            print(f"{name:<14} fwd+bwd {b:<10} {med[b]:7.3f} ms  best peer / this {best[0] / med[b]:5.2f}x   rounds "
+                  + " ".join(f"{x:.3f}" for x in v), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
