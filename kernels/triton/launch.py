@@ -54,11 +54,12 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
 
 # Launching through the compiled kernel. `kernel[grid](...)` (JITFunction.run) binds and specialises every argument,
 # looks up the device, the stream and the compiled kernel, then calls the compiled kernel's launcher. The 20k-edge
-# passes are host-bound, and measured in synced calls on an H200 host (bench/probe_direct_launch.py, 128ch l0 conv
-# fwd+bwd, two launches) calling the launcher directly took 0.187 ms against 0.240 through JITFunction.run. So the
-# first launch of each specialisation goes through Triton, which compiles or loads the kernel, and later ones call
-# what it returned. The key is what Triton specialises on: each tensor's dtype and 16-byte alignment, each
-# integer's being 1, its divisibility by 16 and its 32-bit range, the constexprs and options; also the device.
+# passes are host-bound. So the first launch of each specialisation goes through Triton, which compiles or loads
+# the kernel, and later ones call what it returned. The key is what Triton specialises on: each tensor's dtype and
+# 16-byte alignment, each integer's being 1, its divisibility by 16 and its 32-bit range, the constexprs and
+# options; also the device. Measured in synced calls on an H200 host (bench/probe_direct_launch.py, 128ch l0 conv
+# fwd+bwd, two launches; medians of 9 rounds): 0.252 ms through JITFunction.run, 0.214 ms so, 0.200 ms with no
+# key at all (which only a probe can afford).
 _DIRECT: dict = {}  # launch key -> (compiled kernel, constexpr values in parameter order, device, Triton's
 # current-device and current-stream functions), or None
 _I32 = 2**31
