@@ -73,10 +73,8 @@ def pieces():
     knobs = launch._knobs
     grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, 1)
     print("enter hook:", knobs.runtime.launch_enter_hook, "exit hook:", knobs.runtime.launch_exit_hook, flush=True)
-    T = torch.Tensor
-    I32 = launch._I32
     cases = {
-        "key": lambda: (kernel, tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, T) else (a == 1, a & 15 == 0, -I32 <= a < I32) if type(a) is int else a for a in args]), tuple(meta.items())),
+        "key": lambda: launch._specialisation(kernel, args, meta),
         "lookup": lambda: launch._DIRECT.get(key, False),
         "current_device": current_device,
         "torch._C._cuda_getDevice": torch._C._cuda_getDevice,

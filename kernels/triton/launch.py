@@ -55,9 +55,8 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
 # Launching through the compiled kernel. `kernel[grid](...)` (JITFunction.run) binds and specialises every argument,
 # looks up the device, the stream and the compiled kernel, then calls the compiled kernel's launcher. The 20k-edge
 # passes are host-bound. So the first launch of each specialisation goes through Triton, which compiles or loads
-# the kernel, and later ones call what it returned. The key is what Triton specialises on: each tensor's dtype and
-# 16-byte alignment, each integer's being 1, its divisibility by 16 and its 32-bit range, the constexprs and
-# options; also the device. Measured in synced calls on an H200 host (bench/probe_direct_launch.py, 128ch l0 conv
+# the kernel, and later ones call what it returned, found by what Triton specialises on (_specialisation) and the
+# device. Measured in synced calls on an H200 host (bench/probe_direct_launch.py, 128ch l0 conv
 # fwd+bwd, two launches; medians of 9 rounds): 0.252 ms through JITFunction.run, 0.214 ms so, 0.200 ms with no
 # key at all (which only a probe can afford).
 _DIRECT: dict = {}  # launch key -> (compiled kernel, constexpr values in parameter order, device, Triton's
@@ -65,10 +64,17 @@ _DIRECT: dict = {}  # launch key -> (compiled kernel, constexpr values in parame
 _I32 = 2**31
 
 
+def _specialisation(kernel, args: tuple, meta: dict) -> tuple:
+    """What Triton compiles a launch for: the kernel, each tensor's dtype and 16-byte alignment, each integer's
+    being 1, its divisibility by 16 and its 32-bit range, other arguments by value, the constexprs and options.
+    Two launches with one key run one compiled kernel (the direct launches here, the precompile's dedupe)."""
+    return (kernel, tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
+                           else (a == 1, a & 15 == 0, -_I32 <= a < _I32) if type(a) is int else a for a in args]),
+            tuple(meta.items()))
+
+
 def _run(kernel, grid: tuple, args: tuple, meta: dict) -> None:
-    key = (kernel, tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
-                          else (a == 1, a & 15 == 0, -_I32 <= a < _I32) if type(a) is int else a for a in args]),
-           tuple(meta.items()))
+    key = _specialisation(kernel, args, meta)
     hit = _DIRECT.get(key, False)
     if hit:
         compiled, consts, device, current_device, current_stream = hit
@@ -148,26 +154,13 @@ def precompile(fn: Callable[[], object], threads: int | None = None) -> None:
             fn()
     finally:
         _RECORDING.reset(token)
-    launches = list({_launch_key(r): r for r in recorded}.values())  # the same kernel and specialisation once
+    # the same kernel and specialisation once
+    launches = list({_specialisation(k, a, m): (k, g, a, m) for k, g, a, m in recorded}.values())
     if workers > 1 and len(launches) > 1 and _compile_in_workers(launches, workers):
         return
     with compile_only(workers):
         for kernel, grid, args, meta in launches:
             kernel.warmup(*args, grid=grid, **meta)
-
-
-def _launch_key(record) -> tuple:
-    """What Triton specialises a launch on, roughly: the kernel, each tensor's dtype and 16-byte alignment, each
-    integer's ==1 and %16, the rest by value. Two records with one key compile to one kernel."""
-    kernel, grid, args, meta = record
-
-    def arg_key(a):
-        if hasattr(a, "data_ptr"):
-            return ("tensor", str(a.dtype), a.data_ptr() % 16 == 0)
-        if isinstance(a, int) and not isinstance(a, bool):
-            return ("int", a == 1, a % 16 == 0)
-        return ("value", repr(a))
-    return (id(kernel), tuple(arg_key(a) for a in args), tuple(sorted((k, repr(v)) for k, v in meta.items())))
 
 
 def _compile_in_workers(launches: list, workers: int) -> bool:
