@@ -2,6 +2,8 @@
 
     python bench/probe_direct_launch.py [--cfg=0,1,2] [--rounds=5]      (GPU; peers from the bundle on PYTHONPATH)
     python bench/probe_direct_launch.py --pieces      (the host time of each piece of a launch, tight loop)
+    python bench/probe_direct_launch.py --addresses   (an empty kernel of the sender's arity: its launcher given
+                                                       tensors, or their device addresses; tight loop, host-bound)
 
 Our conv's launches three ways, in rounds that alternate with OpenEquivariance's and cuEquivariance's fwd+bwd and
 the two floors of bench/sync_modes.py (synced CUDA-event medians, and the best peer over each):
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import triton
+import triton.language as tl
 
 _HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("tumbler_bench_sync_modes", _HERE / "sync_modes.py")
@@ -67,14 +71,15 @@ def pieces():
     fwdbwd()
     launch._run = real
     kernel, grid, args, meta = seen[-1]
-    key = next(k for k in launch._DIRECT if k[0] is kernel)
+    key = launch._bind(kernel, args, meta)[0]
     compiled, consts, device, current_device, current_stream = launch._DIRECT[key]
     stream = current_stream(device)
+    values = launch._bind(kernel, args, meta)[1]
     knobs = launch._knobs
     grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, 1)
     print("enter hook:", knobs.runtime.launch_enter_hook, "exit hook:", knobs.runtime.launch_exit_hook, flush=True)
     cases = {
-        "key": lambda: launch._specialisation(kernel, args, meta),
+        "key": lambda: launch._bind(kernel, args, meta),
         "lookup": lambda: launch._DIRECT.get(key, False),
         "current_device": current_device,
         "torch._C._cuda_getDevice": torch._C._cuda_getDevice,
@@ -82,6 +87,7 @@ def pieces():
         "hook reads": lambda: (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook),
         "launch_metadata": lambda: compiled.launch_metadata(grid3, stream, *args, *consts),
         "run, hooks None": lambda: compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *consts),
+        "run, addresses": lambda: compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, None, None, None, *values, *consts),
         "run, Triton's hooks": lambda: compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, compiled.launch_metadata(grid3, stream, *args, *consts), knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *args, *consts),
         "launch.launch": lambda: launch.launch(kernel, grid, *args, **meta),
         "kernel[grid]": lambda: kernel[grid](*args, **meta),
@@ -97,9 +103,54 @@ def pieces():
         print(f"{label:<24} {best:7.2f} us", flush=True)
 
 
+@triton.jit
+def _empty(a, b, c, d, e, f, g, h, i, j, k, E, C, BE: tl.constexpr):
+    pass
+
+
+def addresses():
+    """--addresses: the host time of one launch of an empty kernel with the conv sender's 11 pointer and 2 integer
+    arguments, through the compiled kernel's launcher handed the tensors (it reads data_ptr() and asks the driver
+    about each) or their device addresses (launch.py), and through launch.launch and kernel[grid]."""
+    import time
+    from kernels.triton import launch
+    empty = _empty
+    tensors = [torch.zeros(64, device="cuda") for _ in range(11)]
+    args = (*tensors, 20000, 128)
+    launch.launch(empty, (1000, 1), *args, BE=4)  # compiles; the next one goes direct
+    launch.launch(empty, (1000, 1), *args, BE=4)
+    key, values = launch._bind(empty, args, {"BE": 4})
+    compiled, consts, device, current_device, current_stream = launch._DIRECT[key]
+    stream = current_stream(device)
+    cases = {
+        "run, tensors": lambda: compiled.run(1000, 1, 1, stream, compiled.function, compiled.packed_metadata, None,
+                                             None, None, *args, *consts),
+        "run, addresses": lambda: compiled.run(1000, 1, 1, stream, compiled.function, compiled.packed_metadata,
+                                               None, None, None, *values, *consts),
+        "bind": lambda: launch._bind(empty, args, {"BE": 4}),
+        "launch.launch": lambda: launch.launch(empty, (1000, 1), *args, BE=4),
+        "kernel[grid]": lambda: empty[(1000, 1)](*args, BE=4),
+        "torch.empty": lambda: torch.empty(64, 16, 128, device="cuda"),
+        "new_empty": lambda: tensors[0].new_empty(64, 16, 128),
+    }
+    for rnd in range(2):
+        for label, fn in cases.items():
+            best = float("inf")
+            for _ in range(20):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(500):
+                    fn()
+                best = min(best, (time.perf_counter() - t) / 500 * 1e6)
+            torch.cuda.synchronize()
+            print(f"round {rnd} {label:<18} {best:7.2f} us", flush=True)
+
+
 def main(argv):
     if "--pieces" in argv:
         return pieces()
+    if "--addresses" in argv:
+        return addresses()
     opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     cfgs = [int(c) for c in opts.get("cfg", "0,1,2").split(",")]
     rounds = int(opts.get("rounds", "5"))

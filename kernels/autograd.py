@@ -21,6 +21,8 @@ polynomial tables in torch ops.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from .triton import contraction as _sc
@@ -71,60 +73,67 @@ _WILL_RUN = getattr(torch._C, "_will_engine_execute_node", None)
 _LEAF = torch._C._functions.AccumulateGrad
 
 
-def _run_form(outs, graph, tab, T):
-    """Evaluate dF/ds for s in outs with slots T (dict); returns dict slot -> tensor."""
+def _run_form(outs, graph, tab, slots):
+    """dF/ds for each slot name s in outs, at slots = (h, Y, R, g); a tuple in the order of outs."""
+    h, Y, R, g = slots
+    if outs == ("g",):  # the conv itself, the commonest call
+        return (_conv.conv_recv(h, Y, R, graph, tab),)
     res = {}
     if "g" in outs:
-        res["g"] = _conv.conv_recv(T["h"], T["Y"], T["R"], graph, tab)
-    if "h" in outs and ("Y" in outs or "R" in outs) and _conv.fuse_sender("Y" in outs):  # one pass for all
-        res["h"], dY, dR = _conv.conv_sender(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
-        res.update((s, v) for s, v in (("Y", dY), ("R", dR)) if v is not None)
-        return res
-    if "h" in outs:
-        res["h"] = _conv.conv_send(T["g"], T["Y"], T["R"], graph, tab)
-    if "Y" in outs or "R" in outs:
-        dY, dR = _conv.conv_edge(T["h"], T["Y"], T["R"], T["g"], graph, tab, "Y" in outs, "R" in outs)
-        if "Y" in outs:
-            res["Y"] = dY
-        if "R" in outs:
-            res["R"] = dR
-    return res
+        res["g"] = _conv.conv_recv(h, Y, R, graph, tab)
+    need_Y, need_R = "Y" in outs, "R" in outs
+    if "h" in outs and (need_Y or need_R) and _conv.fuse_sender(need_Y):  # one pass for all
+        res["h"], res["Y"], res["R"] = _conv.conv_sender(h, Y, R, g, graph, tab, need_Y, need_R)
+    else:
+        if "h" in outs:
+            res["h"] = _conv.conv_send(g, Y, R, graph, tab)
+        if need_Y or need_R:
+            res["Y"], res["R"] = _conv.conv_edge(h, Y, R, g, graph, tab, need_Y, need_R)
+    return tuple(map(res.__getitem__, outs))
+
+
+_SLOT = {s: i for i, s in enumerate(SLOTS)}
+
+
+@lru_cache(maxsize=None)
+def _targets(s: int, need: tuple) -> tuple:
+    """The slots whose gradients a pullback through output slot s gives: every slot but s whose gradient is used
+    (F is linear in each slot, so dF/ds does not depend on s itself); as names and as indices."""
+    names = tuple(SLOTS[t] for t in range(4) if t != s and need[t])
+    return names, tuple(_SLOT[t] for t in names)
 
 
 class ConvForm(torch.autograd.Function):
-    """outs: tuple of slot names; h [N,K_in,C], Y [E,K_sh], R [E,P,C], g [N,K_out,C] (None if unused)."""
+    """outs: tuple of slot names; h [N,K_in,C], Y [E,K_sh], R [E,P,C], g [N,K_out,C] (None if unused).
+    The small passes are host-bound, so this is written for few Python operations per call."""
 
     @staticmethod
     def forward(ctx, outs, graph, tab, h, Y, R, g):
-        T = dict(zip(SLOTS, (h, Y, R, g)))
-        res = _run_form(outs, graph, tab, T)
         ctx.outs, ctx.graph, ctx.tab = outs, graph, tab
         ctx.save_for_backward(h, Y, R, g)
-        return tuple(res[s] for s in outs)
+        return _run_form(outs, graph, tab, (h, Y, R, g))
 
     @staticmethod
     def backward(ctx, *grads):
         saved = ctx.saved_tensors  # unpacked once: torch.utils.checkpoint (the chunked step) allows no second unpack
-        T = dict(zip(SLOTS, saved))
-        need = {s for s, n in zip(SLOTS, used_slots(ctx, saved)) if n}
-        acc = {}
+        need = used_slots(ctx, saved)  # False for None slots
+        acc = [None, None, None, None]  # gradients of h, Y, R, g
         for s, G in zip(ctx.outs, grads):
             if G is None:
                 continue
-            # dF/ds reads every given slot but s itself (F is linear in each slot)
-            targets = tuple(t for t in SLOTS if t != s and t in need and T[t] is not None)
+            i = _SLOT[s]
+            targets, indices = _targets(i, need)
             if not targets:
                 continue
-            T2 = dict(T)
-            T2[s] = G.contiguous()
+            slots = list(saved)
+            slots[i] = G.contiguous()
             if torch.is_grad_enabled():  # create_graph: the derivatives are themselves differentiable
-                vals = ConvForm.apply(targets, ctx.graph, ctx.tab, T2["h"], T2["Y"], T2["R"], T2["g"])
+                vals = ConvForm.apply(targets, ctx.graph, ctx.tab, *slots)
             else:  # the kernels alone, without a graph node (host time of the small passes)
-                res = _run_form(targets, ctx.graph, ctx.tab, T2)
-                vals = tuple(res[t] for t in targets)
-            for t, v in zip(targets, vals):
-                acc[t] = v if t not in acc else acc[t] + v
-        return (None, None, None) + tuple(acc.get(s) for s in SLOTS)
+                vals = _run_form(targets, ctx.graph, ctx.tab, slots)
+            for j, v in zip(indices, vals):
+                acc[j] = v if acc[j] is None else acc[j] + v
+        return (None, None, None, *acc)
 
 
 def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
@@ -133,7 +142,8 @@ def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     dt = node_feats.dtype
     edge_sh = edge_sh if edge_sh.dtype == dt else edge_sh.to(dt)  # .to costs host time even as a no-op
     edge_weights = edge_weights if edge_weights.dtype == dt else edge_weights.to(dt)
-    if not _records(node_feats, edge_sh, edge_weights):
+    if not (torch.is_grad_enabled() and (node_feats.requires_grad or edge_sh.requires_grad
+                                         or edge_weights.requires_grad)):  # _records, spelt out: host time
         return _conv.conv_recv(node_feats, edge_sh, edge_weights, graph, tab)
     (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh, edge_weights, None)
     return out

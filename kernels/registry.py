@@ -44,6 +44,7 @@ class Ops(NamedTuple):
 REFERENCE = Ops("reference", reference.spherical_harmonics, reference.edge_conv, reference.symmetric_contraction)
 
 _triton_state: dict = {}  # "module" -> kernels.triton, or "error" -> why it is unavailable
+_TRITON_OPS: dict = {}  # op name -> its kernels.triton function, once the module has loaded
 _warned: set = set()
 
 
@@ -55,6 +56,7 @@ def _load_triton():
             missing = [op for op in OP_NAMES if not callable(getattr(module, op, None))]
             if missing:
                 raise ImportError(f"kernels.triton does not define {', '.join(missing)}")
+            _TRITON_OPS.update((op, getattr(module, op)) for op in OP_NAMES)
             _triton_state["module"] = module
         except Exception as exc:  # any import failure makes the backend unavailable, with the reason
             _triton_state["error"] = f"{type(exc).__name__}: {exc}"
@@ -77,15 +79,14 @@ def _pick_triton(op: str, first: torch.Tensor) -> Callable:
             f"kernels backend 'triton': {op} needs CUDA tensors, got {first.device}; set TRITON_INTERPRET=1 "
             "to run Triton's interpreter on CPU, or use backend 'auto' or 'reference'"
         )
-    return getattr(_load_triton(), op)
+    return _TRITON_OPS[op]  # (get_ops("triton") loaded the module)
 
 
 def _pick_auto(op: str, first: torch.Tensor) -> Callable:
     """Triton on CUDA tensors when it imports, else the reference (warning once when CUDA falls back)."""
     if first.is_cuda:
-        module = _load_triton()
-        if module is not None:
-            return getattr(module, op)
+        if "module" in _triton_state or _load_triton() is not None:
+            return _TRITON_OPS[op]
         if "fallback" not in _warned:
             _warned.add("fallback")
             warnings.warn(

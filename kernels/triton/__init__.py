@@ -8,20 +8,15 @@ import triton  # noqa: F401  (the backend is unavailable without it: the registr
 
 from .. import autograd as _autograd  # kernels.autograd imports our submodules: bind it as a module
 
-
-def spherical_harmonics(vectors, lmax):
-    """[E, 3] -> [E, (lmax+1)**2] real SH of the unit vector, e3nn order, component normalisation."""
-    return _autograd.spherical_harmonics(vectors, lmax)
-
-
-def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
-    """[N, K_in, C], [E, K_sh], [E, P, C], Graph, ConvSpec -> [N, K_out, C] (kernels.reference.edge_conv)."""
-    return _autograd.edge_conv(node_feats, edge_sh, edge_weights, graph, spec)
-
-
-def symmetric_contraction(node_feats, species, weights, spec):
-    """[N, K_in, C], [N] int64, [S, W, C], ContractionSpec -> [N, K_out, C] (kernels.reference)."""
-    return _autograd.symmetric_contraction(node_feats, species, weights, spec)
-
-
 __all__ = ["spherical_harmonics", "edge_conv", "symmetric_contraction"]
+
+
+def __getattr__(name: str):
+    """The ops are kernels/autograd.py's own functions, not wrappers around them (the small passes are host-bound):
+    [E, 3] -> [E, (lmax+1)**2] spherical_harmonics; [N, K_in, C], [E, K_sh], [E, P, C], Graph, ConvSpec ->
+    [N, K_out, C] edge_conv; [N, K_in, C], [N] int64, [S, W, C], ContractionSpec -> [N, K_out, C]
+    symmetric_contraction (signatures and numbers of kernels/reference.py). Looked up at first use, since
+    kernels.autograd may be importing this package at the time it runs."""
+    if name in __all__:
+        return getattr(_autograd, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

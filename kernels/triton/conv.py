@@ -177,8 +177,8 @@ def _size_class(n: int) -> int:
     return int(n).bit_length()
 
 
-def _check(x: torch.Tensor, shape, what: str):
-    if tuple(x.shape) != tuple(shape):
+def _check(x: torch.Tensor, shape: tuple, what: str):
+    if x.shape != shape:
         raise ValueError(f"kernels/triton/conv.py: {what} has shape {tuple(x.shape)}, expected {tuple(shape)}")
 
 
@@ -196,7 +196,7 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     _check(h, (N, tab.K_in, C), "node_feats")
     _check(Y, (E, tab.K_sh), "edge_sh")
     _check(R, (E, tab.P, C), "edge_weights")
-    out = torch.empty(N, tab.K_out, C, dtype=h.dtype, device=h.device)
+    out = h.new_empty(N, tab.K_out, C)  # (new_empty: half the host time of torch.empty with dtype and device)
     if N == 0 or C == 0:
         return out
     h, Y, R, kern = h.contiguous(), Y.contiguous(), R.contiguous(), _recv_kernel(tab)
@@ -215,7 +215,7 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     """dh[j] = sum over edges out of j (transposed graph): [N, K_out, C] -> [N, K_in, C]."""
     N, _, C = g.shape
     _check(g, (N, tab.K_out, C), "grad_out")
-    out = torch.empty(N, tab.K_in, C, dtype=g.dtype, device=g.device)
+    out = g.new_empty(N, tab.K_in, C)
     if N == 0 or C == 0:
         return out
     g, Y, R, kern = g.contiguous(), Y.contiguous(), R.contiguous(), _send_kernel(tab)
@@ -235,8 +235,8 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     N, _, C = h.shape
     E = graph.senders.shape[0]
     dt, dev = h.dtype, h.device
-    dY = torch.empty(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None
-    dR = torch.empty(E, tab.P, C, dtype=dt, device=dev) if need_R else None
+    dY = h.new_empty(E, tab.K_sh) if need_Y else None
+    dR = h.new_empty(E, tab.P, C) if need_R else None
     if E == 0 or not (need_Y or need_R):
         return dY, dR
     if C == 0:
@@ -262,8 +262,8 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     E = graph.senders.shape[0]
     _check(g, (N, tab.K_out, C), "grad_out")
     dt, dev = h.dtype, h.device
-    dh = torch.empty(N, tab.K_in, C, dtype=dt, device=dev)
-    dR = torch.empty(E, tab.P, C, dtype=dt, device=dev) if need_R else None
+    dh = h.new_empty(N, tab.K_in, C)
+    dR = h.new_empty(E, tab.P, C) if need_R else None
     if N == 0 or C == 0 or E == 0:
         dh.zero_()
         return dh, (torch.zeros(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None), dR
@@ -272,7 +272,7 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     def run(tile):  # -> dY: one [E, K_sh] part per channel block, summed
         be, bc, nw = tile
         ncb = cdiv(C, bc)
-        parts = torch.empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh), dtype=dt, device=dev) if need_Y else None
+        parts = h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh)) if need_Y else None
         launch(kern, (N, ncb), h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh,
                         graph.send_order, graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=be, BC=bc,
                         NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())

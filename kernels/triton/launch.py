@@ -55,26 +55,65 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
 # Launching through the compiled kernel. `kernel[grid](...)` (JITFunction.run) binds and specialises every argument,
 # looks up the device, the stream and the compiled kernel, then calls the compiled kernel's launcher. The 20k-edge
 # passes are host-bound. So the first launch of each specialisation goes through Triton, which compiles or loads
-# the kernel, and later ones call what it returned, found by what Triton specialises on (_specialisation) and the
-# device. Measured in synced calls on an H200 host (bench/probe_direct_launch.py, 128ch l0 conv
-# fwd+bwd, two launches; medians of 9 rounds): 0.252 ms through JITFunction.run, 0.214 ms so, 0.200 ms with no
-# key at all (which only a probe can afford).
+# the kernel, and later ones call what it returned, found by what Triton specialises on (_bind) and the device.
+# Measured in synced calls on an H200 host (bench/probe_direct_launch.py, 128ch l0 conv fwd+bwd, two launches;
+# medians of 9 rounds): 0.252 ms through JITFunction.run, 0.214 ms so, 0.200 ms with no key at all (which only a
+# probe can afford). The launcher is handed each tensor's device address, read once for the key: handed a tensor,
+# it calls data_ptr() again and asks the driver about the pointer (cuPointerGetAttribute). For the conv sender's
+# 11 pointers and 2 integers (probe_direct_launch.py --addresses, two H200 hosts): 6.3 -> 4.8 us and
+# 9.4 -> 6.5 us per launch.
 _DIRECT: dict = {}  # launch key -> (compiled kernel, constexpr values in parameter order, device, Triton's
 # current-device and current-stream functions), or None
+_BINDERS: dict = {}  # (kernel, argument kinds) -> binder; kernel -> the binder of its last launch
 _I32 = 2**31
 
 
-def _specialisation(kernel, args: tuple, meta: dict) -> tuple:
-    """What Triton compiles a launch for: the kernel, each tensor's dtype and 16-byte alignment, each integer's
-    being 1, its divisibility by 16 and its 32-bit range, other arguments by value, the constexprs and options.
-    Two launches with one key run one compiled kernel (the direct launches here, the precompile's dedupe)."""
-    return (kernel, tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
-                           else (a == 1, a & 15 == 0, -_I32 <= a < _I32) if type(a) is int else a for a in args]),
-            tuple(meta.items()))
+def _bind(kernel, args: tuple, meta: dict) -> tuple:
+    """(key, values). key: what Triton compiles a launch for: the kernel, the constexprs and options, each tensor's
+    dtype and 16-byte alignment, the tensors being on the GPU, each integer's being 1, its divisibility by 16 and
+    its 32-bit range, other arguments by value; two launches with one key run one compiled kernel (the direct
+    launches here, the precompile's dedupe). values: the arguments as the compiled kernel's launcher takes them,
+    tensors as their device addresses. (A CPU tensor gives another key, so Triton's own launch reports it.)"""
+    binder = _BINDERS.get(kernel)
+    if binder is not None:
+        try:
+            return binder(kernel, meta, *args)
+        except (AttributeError, TypeError):  # other kinds of arguments than at this kernel's last launch
+            pass
+    kinds = "".join("t" if isinstance(a, torch.Tensor) else "i" if type(a) is int else "o" for a in args)
+    binder = _BINDERS.get((kernel, kinds))
+    if binder is None:
+        binder = _BINDERS[(kernel, kinds)] = _make_binder(kinds)
+    _BINDERS[kernel] = binder
+    return binder(kernel, meta, *args)
+
+
+def _make_binder(kinds: str):
+    """A function (kernel, meta, *args) -> (key, values) for arguments of these kinds ("t" tensor, "i" int, "o"
+    other), written out argument by argument as Triton's own binder is: a loop over the arguments costs a few us
+    per launch on these hosts. It raises AttributeError or TypeError for arguments of other kinds."""
+    a = [f"a{i}" for i in range(len(kinds))]
+    t = [i for i, k in enumerate(kinds) if k == "t"]
+    lines = [f"def bind(kernel, meta, {', '.join(a + ['/'])}):"] if a else ["def bind(kernel, meta):"]
+    lines += [f"    p{i} = a{i}.data_ptr()" for i in t]
+    for i, k in enumerate(kinds):
+        if k != "t":  # a tensor there would be keyed by identity: a new key at every launch
+            lines.append(f"    if type(a{i}) is {'not int' if k == 'i' else 'Tensor'}: raise TypeError")
+    key = [repr(kinds)] + [f"a{i}.dtype" for i in t]
+    if t:
+        key.append(" and ".join(f"a{i}.is_cuda" for i in t))
+        key.append(f"({' | '.join(f'p{i}' for i in t)}) & 15 == 0 or ({''.join(f'p{i} & 15 == 0, ' for i in t)})")
+    for i, k in enumerate(kinds):
+        key += [f"a{i} == 1", f"a{i} & 15 == 0", f"-I32 <= a{i} < I32"] if k == "i" else [f"a{i}"] if k == "o" else []
+    values = [f"p{i}" if k == "t" else f"a{i}" for i, k in enumerate(kinds)]
+    lines.append(f"    return (kernel, *meta.items(), {', '.join(key)}), [{''.join(v + ', ' for v in values)}]")
+    scope = {"Tensor": torch.Tensor, "I32": _I32}
+    exec("\n".join(lines), scope)
+    return scope["bind"]
 
 
 def _run(kernel, grid: tuple, args: tuple, meta: dict) -> None:
-    key = _specialisation(kernel, args, meta)
+    key, values = _bind(kernel, args, meta)
     hit = _DIRECT.get(key, False)
     if hit:
         compiled, consts, device, current_device, current_stream = hit
@@ -88,7 +127,7 @@ def _run(kernel, grid: tuple, args: tuple, meta: dict) -> None:
             else:
                 data = enter = leave = None
             compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, data, enter, leave,
-                         *args, *consts)
+                         *values, *consts)
             return
     compiled = kernel[grid](*args, **meta)
     if hit is False:
@@ -155,7 +194,7 @@ def precompile(fn: Callable[[], object], threads: int | None = None) -> None:
     finally:
         _RECORDING.reset(token)
     # the same kernel and specialisation once
-    launches = list({_specialisation(k, a, m): (k, g, a, m) for k, g, a, m in recorded}.values())
+    launches = list({_bind(k, a, m)[0]: (k, g, a, m) for k, g, a, m in recorded}.values())
     if workers > 1 and len(launches) > 1 and _compile_in_workers(launches, workers):
         return
     with compile_only(workers):

@@ -173,8 +173,9 @@ def test_launch_compiles_only_while_candidates_are_gathered():
 
 def test_launch_calls_the_compiled_kernel_after_the_first_launch_of_a_specialisation(monkeypatch):
     """The first launch of a specialisation goes through Triton (kernel[grid]); later ones call the compiled
-    kernel's own launcher with the grid, the current device's stream and every argument, constexprs last. A new
-    specialisation (a misaligned tensor, an integer equal to 1, another dtype, another tile) goes through Triton."""
+    kernel's own launcher with the grid, the current device's stream and every argument (tensors as their device
+    addresses), constexprs last. A new specialisation (a misaligned tensor, an integer equal to 1, another dtype,
+    another tile) goes through Triton."""
     from triton.runtime import driver
     from kernels.triton import launch
     calls = []
@@ -206,9 +207,13 @@ def test_launch_calls_the_compiled_kernel_after_the_first_launch_of_a_specialisa
     monkeypatch.setattr(driver, "_active", Driver())  # Triton's active driver (set_active; its reset needs a GPU)
     for args, meta in [((x, 7), dict(BE=4, BC=32)), ((x, 7), dict(BE=4, BC=32)), ((x, 23), dict(BE=4, BC=32)),
                        ((shifted, 7), dict(BE=4, BC=32)), ((x, 1), dict(BE=4, BC=32)),
-                       ((x64, 7), dict(BE=4, BC=32)), ((x, 7), dict(BE=8, BC=32)), ((x, 7), dict(BE=8, BC=32))]:
+                       ((x64, 7), dict(BE=4, BC=32)), ((x, 7), dict(BE=8, BC=32)), ((x, 7), dict(BE=8, BC=32)),
+                       # a tensor where an integer was: other kinds of arguments, then the first kinds again
+                       ((x, x64), dict(BE=8, BC=32)), ((x, x64), dict(BE=8, BC=32)), ((x, 7), dict(BE=8, BC=32))]:
         launch.launch(k, (5, 2), *args, **meta, num_warps=4)
-    assert [c[0] for c in calls] == ["triton", "direct", "direct", "triton", "triton", "triton", "triton", "direct"]
+    assert [c[0] for c in calls] == ["triton", "direct", "direct", "triton", "triton", "triton", "triton", "direct",
+                                     "triton", "direct", "direct"]
+    assert calls[9][-4:] == (x.data_ptr(), x64.data_ptr(), 8, 32)
     direct = calls[1]
     assert direct[1:7] == (5, 2, 1, 77, "function", "packed")  # grid padded to three, the stream, the kernel
     assert direct[7:10] == (None, None, None)  # no launch hooks registered: no metadata, no hooks
@@ -219,7 +224,10 @@ def test_launch_calls_the_compiled_kernel_after_the_first_launch_of_a_specialisa
     finally:
         hooks.launch_enter_hook.remove(print)
     assert calls[-1][0] == "direct" and calls[-1][7:10] == ("metadata", hooks.launch_enter_hook, hooks.launch_exit_hook)
-    assert direct[-4:] == (x, 7, 4, 32) and calls[2][-4:] == (x, 23, 4, 32) and calls[7][-4:] == (x, 7, 8, 32)
+    xp = x.data_ptr()
+    assert direct[-4:] == (xp, 7, 4, 32) and calls[2][-4:] == (xp, 23, 4, 32) and calls[7][-4:] == (xp, 7, 8, 32)
+    assert calls[10][-4:] == (xp, 7, 8, 32)
+    assert calls[0][2] == (x, 7)  # Triton's own launch is given the tensor
 
 
 def test_precompile_records_launches_and_compiles_them_in_worker_processes(tmp_path):
