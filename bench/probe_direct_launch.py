@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,6 @@ _STREAM = [0]
 def pieces():
     """--pieces: the host time of each piece of launch.py's direct launch, in a tight loop (best of 20 x 2000 calls),
     on the 128ch l0 sender launch of a fwd+bwd."""
-    import time
     from kernels.triton import launch
     name, fns = sync_modes.passes_for(1, [], ("fwdbwd",))
     fwdbwd = fns[("tumbler", "fwdbwd")]
@@ -93,14 +93,20 @@ def pieces():
         "kernel[grid]": lambda: kernel[grid](*args, **meta),
     }
     for label, fn in cases.items():
-        best = float("inf")
-        for _ in range(20):
-            t = time.perf_counter()
-            for _ in range(2000):
-                fn()
-            best = min(best, (time.perf_counter() - t) / 2000 * 1e6)
+        print(f"{label:<24} {_tight_us(fn, 2000):7.2f} us", flush=True)
+
+
+def _tight_us(fn, calls: int, rounds: int = 20) -> float:
+    """The best of `rounds` tight loops of `calls` calls, in us per call (the device synchronised before each)."""
+    best = float("inf")
+    for _ in range(rounds):
         torch.cuda.synchronize()
-        print(f"{label:<24} {best:7.2f} us", flush=True)
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t) / calls * 1e6)
+    torch.cuda.synchronize()
+    return best
 
 
 @triton.jit
@@ -112,7 +118,6 @@ def addresses():
     """--addresses: the host time of one launch of an empty kernel with the conv sender's 11 pointer and 2 integer
     arguments, through the compiled kernel's launcher handed the tensors (it reads data_ptr() and asks the driver
     about each) or their device addresses (launch.py), and through launch.launch and kernel[grid]."""
-    import time
     from kernels.triton import launch
     empty = _empty
     tensors = [torch.zeros(64, device="cuda") for _ in range(11)]
@@ -135,15 +140,7 @@ def addresses():
     }
     for rnd in range(2):
         for label, fn in cases.items():
-            best = float("inf")
-            for _ in range(20):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                for _ in range(500):
-                    fn()
-                best = min(best, (time.perf_counter() - t) / 500 * 1e6)
-            torch.cuda.synchronize()
-            print(f"round {rnd} {label:<18} {best:7.2f} us", flush=True)
+            print(f"round {rnd} {label:<18} {_tight_us(fn, 500):7.2f} us", flush=True)
 
 
 def main(argv):
