@@ -11,7 +11,9 @@ the two floors of bench/sync_modes.py (synced CUDA-event medians, and the best p
   library  kernels/triton/launch.py as shipped: the compiled kernel's launcher after a specialisation's first launch,
            looked up by the specialisation key
   ideal    the compiled kernel's launcher looked up by (kernel, constexprs) alone, with the stream taken once: no
-           key at all. A lower bound, valid here only because every call of a pass has the same specialisation.
+           key at all, valid here only because every call of a pass has the same specialisation. It hands the
+           launcher the tensors, as it was written before launch.py handed it device addresses (07:50), so it
+           bounds the launch path of 06:40, not that of launch.py now.
 """
 from __future__ import annotations
 
