@@ -369,14 +369,14 @@ def sweep(ops, measure, cfgs, knobs):
     for var, cands in knobs.items():
         for cand in cands:
             os.environ[var] = cand
-            triton_conv.knob.cache_clear()
+            triton_conv.knobs_changed()
             for c in cfgs:
                 OPTS["cfg"] = [c]
                 for r in bench_conv(ops, [], measure, False):
                     rows.append(dict(op="sweep", cfg=r["cfg"], var=var, value=cand,
                                      **{k: r[k] for p in ("fwd", "fwdbwd", "dbl") for k in (p, p + "_gpu") if k in r}))
             del os.environ[var]
-            triton_conv.knob.cache_clear()
+            triton_conv.knobs_changed()
     OPTS["cfg"] = None
     return rows
 

@@ -1,6 +1,7 @@
 """Probe: how fast could a synced fwd+bwd of our conv be if its Triton launches cost as little as Python allows?
 
-    python bench/probe_direct_launch.py [--cfg=0,1,2] [--rounds=5]      (GPU; peers from the bundle on PYTHONPATH)
+    python bench/probe_direct_launch.py [--cfg=0,1,2] [--rounds=5] [--modes=jit,library,ideal,minimal]
+                                                      (GPU; peers from the bundle on PYTHONPATH)
     python bench/probe_direct_launch.py --pieces      (the host time of each piece of a launch, tight loop)
     python bench/probe_direct_launch.py --addresses   (an empty kernel of the sender's arity: its launcher given
                                                        tensors, or their device addresses; tight loop, host-bound)
@@ -14,6 +15,10 @@ the two floors of bench/sync_modes.py (synced CUDA-event medians, and the best p
            key at all, valid here only because every call of a pass has the same specialisation. It hands the
            launcher the tensors, as it was written before launch.py handed it device addresses (07:50), so it
            bounds the launch path of 06:40, not that of launch.py now.
+  minimal  not our op at all: an autograd Function that only allocates the outputs and calls the two compiled
+           launchers with device addresses (those of the graph read once), no checks, no tile lookup, no key.
+           The least a fwd+bwd written in Python with these kernels can cost; what any leaner launch path of the
+           library could at best reach.
 """
 from __future__ import annotations
 
@@ -145,6 +150,50 @@ def addresses():
             print(f"round {rnd} {label:<18} {_tight_us(fn, 500):7.2f} us", flush=True)
 
 
+def _minimal(ours):
+    """The `minimal` mode: ours' two launches, recorded from one call, replayed from a bare autograd Function."""
+    from kernels.triton import launch
+    seen = []
+    real = launch._run
+    launch._run = lambda kernel, grid, args, meta: seen.append((kernel, grid, args, meta)) or real(kernel, grid, args, meta)
+    ours()
+    ours()
+    launch._run = real
+    (rk, rgrid, rargs, rmeta), (sk, sgrid, sargs, smeta) = seen[-2:]
+    r_compiled, r_consts, device, _, current_stream = launch._DIRECT[launch._bind(rk, rargs, rmeta)[0]]
+    s_compiled, s_consts = launch._DIRECT[launch._bind(sk, sargs, smeta)[0]][:2]
+    r_fixed = launch._bind(rk, rargs, rmeta)[1][4:]  # recv_ptr, recv_ptr, senders, C
+    s_fixed = launch._bind(sk, sargs, smeta)[1][7:]  # send_order, send_ptr, send_perm, receivers, E, C
+    out_shape, parts_shape = tuple(rargs[3].shape), tuple(sargs[5].shape)
+    rg = (rgrid[0], rgrid[1] if len(rgrid) > 1 else 1, 1)
+    sg = (sgrid[0], sgrid[1] if len(sgrid) > 1 else 1, 1)
+    stream = current_stream(device)
+    rr, rf, rm = r_compiled.run, r_compiled.function, r_compiled.packed_metadata
+    sr, sf, sm = s_compiled.run, s_compiled.function, s_compiled.packed_metadata
+
+    class Minimal(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h, Y, R):
+            ctx.save_for_backward(h, Y, R)
+            out = h.new_empty(out_shape)
+            rr(*rg, stream, rf, rm, None, None, None, h.data_ptr(), Y.data_ptr(), R.data_ptr(), out.data_ptr(),
+               *r_fixed, *r_consts)
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            h, Y, R = ctx.saved_tensors
+            dh, dR, parts = torch.empty_like(h), torch.empty_like(R), h.new_empty(parts_shape)
+            sr(*sg, stream, sf, sm, None, None, None, h.data_ptr(), g.data_ptr(), Y.data_ptr(), R.data_ptr(),
+               dh.data_ptr(), parts.data_ptr(), dR.data_ptr(), *s_fixed, *s_consts)
+            return dh, (parts if len(parts_shape) == 2 else parts.sum(0)), dR
+
+    h, Y, R = rargs[:3]
+    g = sargs[1]
+    hl, Yl, Rl = (t.detach().requires_grad_(True) for t in (h, Y, R))
+    return lambda: torch.autograd.grad(Minimal.apply(hl, Yl, Rl), [hl, Yl, Rl], g)
+
+
 def main(argv):
     if "--pieces" in argv:
         return pieces()
@@ -165,7 +214,10 @@ def main(argv):
                 _MODE[0] = mode
                 ours()
             return run
-        fns = {"jit": with_mode("jit"), "library": with_mode("library"), "ideal": with_mode("ideal"),
+        _MODE[0] = "library"
+        modes = {"jit": lambda: with_mode("jit"), "library": lambda: with_mode("library"),
+                 "ideal": lambda: with_mode("ideal"), "minimal": lambda: _minimal(ours)}
+        fns = {**{m: modes[m]() for m in opts.get("modes", "jit,library,ideal,minimal").split(",")},
                **{backend: fn for (backend, _), fn in fns.items()}}
         for fn in fns.values():
             fn()

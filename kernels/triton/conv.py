@@ -18,8 +18,8 @@ import torch
 from .codegen import cached_hash, cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
 from . import autotune
-from .launch import launch
-from .tuning import knob
+from .launch import direct, launch
+from .tuning import PLANS, knob, knobs_changed  # noqa: F401 (knobs_changed: for the tests and bench/kernels.py)
 
 
 @dataclass(frozen=True)
@@ -189,25 +189,46 @@ def _tile(env: str, launcher: str, problem: tuple, candidates, run, device) -> t
     return _forced(env, C) or autotune.choose(launcher, problem, candidates, run, device)
 
 
+_PTR = torch.Tensor.data_ptr
+_MAX_PLANS = 4096  # problems remembered at most (eager MD with a new edge count at each step makes new ones)
+
+
+def _remember(key: tuple, plan, make) -> None:
+    """After a launch through `launch`: a problem seen once is marked (False); seen again, it gets its Direct launch
+    (launch.py) made by make(), which the launcher's next calls take without a key, a tile lookup or a check (the
+    key, its shapes, dtypes and devices, fixes all of them). Shapes seen once, as in eager MD, cost no Direct."""
+    if len(PLANS) >= _MAX_PLANS:
+        PLANS.clear()
+    PLANS[key] = make() if plan is False else False if plan is None else plan
+
+
 def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     """out[i] = sum over edges into i: [N, K_in, C] x [E, K_sh] x [E, P, C] -> [N, K_out, C]."""
+    key = (conv_recv, tab, h.shape, Y.shape, R.shape, h.dtype, Y.dtype, R.dtype, h.device, Y.device, R.device)
+    plan = PLANS.get(key)
     N, _, C = h.shape
-    E = Y.shape[0]
-    _check(h, (N, tab.K_in, C), "node_feats")
-    _check(Y, (E, tab.K_sh), "edge_sh")
-    _check(R, (E, tab.P, C), "edge_weights")
+    if not plan:  # a plan's key holds shapes that passed these checks
+        E = Y.shape[0]
+        _check(h, (N, tab.K_in, C), "node_feats")
+        _check(Y, (E, tab.K_sh), "edge_sh")
+        _check(R, (E, tab.P, C), "edge_weights")
     out = h.new_empty(N, tab.K_out, C)  # (new_empty: half the host time of torch.empty with dtype and device)
     if N == 0 or C == 0:
         return out
-    h, Y, R, kern = h.contiguous(), Y.contiguous(), R.contiguous(), _recv_kernel(tab)
+    tensors = (h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr, graph.senders)
+    if plan and plan(*map(_PTR, tensors)):
+        return out
+    kern = _recv_kernel(tab)
 
-    def run(tile):
+    def run(tile, how=launch):
         be, bc, nw = tile
-        launch(kern, (N, cdiv(C, bc)), h, Y, R, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C,
-                        BE=be, BC=bc, USE_PERM=False, num_warps=nw, num_stages=_stages())
+        return how(kern, (N, cdiv(C, bc)), *tensors, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw,
+                   num_stages=_stages())
 
-    run(_tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(E)),
-              lambda: recv_candidates(C, tab.K_out), run, h.device))
+    tile = _tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(Y.shape[0])),
+                 lambda: recv_candidates(C, tab.K_out), run, h.device)
+    run(tile)
+    _remember(key, plan, lambda: run(tile, direct))
     return out
 
 
@@ -258,27 +279,46 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
 def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     """dh = conv_send(g, Y, R) together with conv_edge's dY [E, K_sh] and dR [E, P, C] (None where not asked),
     from one pass over the sender segments: g[recv_e] is gathered once per edge instead of once per kernel."""
+    key = (conv_sender, tab, h.shape, Y.shape, R.shape, g.shape, graph.senders.shape, h.dtype, Y.dtype, R.dtype,
+           g.dtype, h.device, Y.device, R.device, g.device, need_Y, need_R)
+    plan = PLANS.get(key)
     N, _, C = h.shape
     E = graph.senders.shape[0]
-    _check(g, (N, tab.K_out, C), "grad_out")
-    dt, dev = h.dtype, h.device
+    if not plan:
+        _check(g, (N, tab.K_out, C), "grad_out")
     dh = h.new_empty(N, tab.K_in, C)
     dR = h.new_empty(E, tab.P, C) if need_R else None
     if N == 0 or C == 0 or E == 0:
         dh.zero_()
-        return dh, (torch.zeros(E, tab.K_sh, dtype=dt, device=dev) if need_Y else None), dR
-    h, g, Y, R, kern = h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), _sender_kernel(tab)
+        return dh, (h.new_zeros(E, tab.K_sh) if need_Y else None), dR
+    kern = _sender_kernel(tab)
+    h, g, Y, R = h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous()
 
-    def run(tile):  # -> dY: one [E, K_sh] part per channel block, summed
-        be, bc, nw = tile
+    def parts_for(bc):  # dY: one [E, K_sh] part per channel block, summed
         ncb = cdiv(C, bc)
-        parts = h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh)) if need_Y else None
-        launch(kern, (N, ncb), h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh,
-                        graph.send_order, graph.send_ptr, graph.send_perm, graph.receivers, E, C, BE=be, BC=bc,
-                        NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
-        return (parts if ncb == 1 else parts.sum(0)) if need_Y else None
+        return h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh)) if need_Y else None
 
-    dY = run(_tile("TUMBLER_CONV_NODE_CFG", "conv_sender",
-                   (tab.key, C, dt, _size_class(N), _size_class(E), need_Y, need_R),
-                   lambda: node_candidates(C, tab.K_in), run, dev))
+    def tensors(parts):
+        return (h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh, graph.send_order, graph.send_ptr,
+                graph.send_perm, graph.receivers)
+
+    def dY_of(parts):
+        return (parts if parts.dim() == 2 else parts.sum(0)) if need_Y else None
+
+    if plan:
+        parts = parts_for(plan.meta["BC"])
+        if plan(*map(_PTR, tensors(parts))):
+            return dh, dY_of(parts), dR
+
+    def run(tile, how=launch):
+        be, bc, nw = tile
+        parts = parts_for(bc)
+        d = how(kern, (N, cdiv(C, bc)), *tensors(parts), E, C, BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y,
+                NEED_R=need_R, num_warps=nw, num_stages=_stages())
+        return d if how is direct else dY_of(parts)
+
+    tile = _tile("TUMBLER_CONV_NODE_CFG", "conv_sender", (tab.key, C, h.dtype, _size_class(N), _size_class(E), need_Y, need_R),
+                 lambda: node_candidates(C, tab.K_in), run, h.device)
+    dY = run(tile)
+    _remember(key, plan, lambda: run(tile, direct))
     return dh, dY, dR

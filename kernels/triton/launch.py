@@ -24,6 +24,8 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
+from functools import reduce
+from operator import or_
 from typing import Callable
 
 import torch
@@ -120,18 +122,61 @@ def _run(kernel, grid: tuple, args: tuple, meta: dict) -> None:
         if current_device() == device:
             stream = current_stream(device)
             grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
-            # Triton's launch hooks (its profiler): chains of callables, called as Triton does when one holds any
-            enter, leave = _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook
-            if getattr(enter, "calls", enter) or getattr(leave, "calls", leave):
-                data = compiled.launch_metadata(grid3, stream, *args, *consts)
-            else:
-                data = enter = leave = None
+            enter, leave = _hooks()
+            data = None if enter is None else compiled.launch_metadata(grid3, stream, *args, *consts)
             compiled.run(*grid3, stream, compiled.function, compiled.packed_metadata, data, enter, leave,
                          *values, *consts)
             return
     compiled = kernel[grid](*args, **meta)
     if hit is False:
         _DIRECT[key] = _direct_entry(kernel, compiled, len(args), meta)
+
+
+def _hooks() -> tuple:
+    """Triton's launch hooks (its profiler's): (enter, exit) chains to hand the launcher, as Triton does when either
+    holds a callable, else (None, None)."""
+    enter, leave = _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook
+    if getattr(enter, "calls", enter) or getattr(leave, "calls", leave):
+        return enter, leave
+    return None, None
+
+
+class Direct:
+    """One launch of one compiled specialisation with everything but its tensors' device addresses fixed: the
+    compiled kernel's launcher, the grid, the trailing integers and the constexprs. What `launch` does from a
+    specialisation's second call on, without the key: for callers that key their launches themselves (conv.py keys
+    them by shapes, dtypes and devices, which fix the integers and every specialisation but the alignment)."""
+
+    __slots__ = ("run", "grid", "function", "metadata", "tail", "meta", "device", "current_device", "current_stream")
+
+    def __call__(self, *addresses) -> bool:
+        """Launch on the current stream; False, launching nothing, where this launch would be another one: an
+        address not 16-byte aligned, another current device, a launch hook registered, a compile-only or
+        precompile pass. The caller then takes `launch`."""
+        if (reduce(or_, addresses) & 15 or _COMPILE_ONLY.get() or _RECORDING.get() is not None
+                or self.current_device() != self.device or _hooks()[0] is not None):
+            return False
+        self.run(*self.grid, self.current_stream(self.device), self.function, self.metadata, None, None, None,
+                 *addresses, *self.tail)
+        return True
+
+
+def direct(kernel, grid: tuple, *args, **meta) -> Direct | None:
+    """launch(kernel, grid, *args, **meta) as a Direct called with the addresses of args' leading tensors, all
+    16-byte aligned; None where `launch` would not call the compiled kernel's launcher (no specialisation
+    launched yet, Triton's interpreter) or an argument after the leading tensors is a tensor."""
+    key, values = _bind(kernel, args, meta)
+    hit = _DIRECT.get(key)
+    n = next((i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)), len(args))
+    if not hit or not n or reduce(or_, values[:n]) & 15 or any(isinstance(a, torch.Tensor) for a in args[n:]):
+        return None
+    compiled, consts, device, current_device, current_stream = hit
+    d = Direct()
+    d.run, d.function, d.metadata = compiled.run, compiled.function, compiled.packed_metadata
+    d.grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+    d.tail, d.meta = (*values[n:], *consts), meta  # meta: the constexprs and options by name
+    d.device, d.current_device, d.current_stream = device, current_device, current_stream
+    return d
 
 
 def _direct_entry(kernel, compiled, nargs: int, meta: dict):

@@ -2,6 +2,9 @@
 environment: TUMBLER_CONV_RECV_CFG, TUMBLER_CONV_NODE_CFG, TUMBLER_CONV_EDGE_CFG, TUMBLER_CONV_STAGES,
 TUMBLER_CONV_SENDER, TUMBLER_CONV_SENDER_FORM, TUMBLER_SC_CFG ("NB,BC,num_warps"). A tile knob forces its tile;
 unset, the launchers take autotune's choice (autotune.py, TUMBLER_AUTOTUNE, TUMBLER_AUTOTUNE_CACHE).
+
+The conv launchers remember, per problem, the launch those choices led to (PLANS, conv.py), so a changed knob
+takes effect after `knobs_changed()`, which forgets both.
 """
 from __future__ import annotations
 
@@ -12,5 +15,14 @@ from functools import lru_cache
 @lru_cache(maxsize=None)
 def knob(name: str, default: str = "") -> str:
     """A knob's value, read once per process: the small passes are host-bound, and each environment lookup
-    is host time. bench/kernels.py --sweep and the tests that set a knob call knob.cache_clear()."""
+    is host time. bench/kernels.py --sweep and the tests that set a knob call knobs_changed()."""
     return os.environ.get(name, default)
+
+
+PLANS: dict = {}  # problem -> its launch, made with the knobs and the tile choices of the moment (conv.py)
+
+
+def knobs_changed() -> None:
+    """Read the knobs again at their next use, and forget the launches made with their old values."""
+    knob.cache_clear()
+    PLANS.clear()

@@ -23,11 +23,11 @@ def fresh(monkeypatch, tmp_path):
     from kernels.triton import autotune, tuning
     monkeypatch.setenv("TUMBLER_AUTOTUNE_CACHE", str(tmp_path))
     monkeypatch.delenv("TUMBLER_AUTOTUNE", raising=False)
-    tuning.knob.cache_clear()
+    tuning.knobs_changed()
     monkeypatch.setattr(autotune, "_CHOICES", {})
     monkeypatch.setattr(autotune, "_STORED", {})
     yield autotune
-    tuning.knob.cache_clear()
+    tuning.knobs_changed()
 
 
 @pytest.fixture
@@ -139,16 +139,16 @@ def test_modes(tuner, monkeypatch, tmp_path):
     from kernels.triton import tuning
     ran = []
     monkeypatch.setenv("TUMBLER_AUTOTUNE", "0")
-    tuning.knob.cache_clear()
+    tuning.knobs_changed()
     assert autotune.choose("conv_recv", ("m0",), lambda: CANDIDATES, ran.append, CPU) == (4, 32, 4)
     assert ran == [] and timed == []
     monkeypatch.setenv("TUMBLER_AUTOTUNE", "compile")  # every candidate compiled, the default kept, nothing stored
-    tuning.knob.cache_clear()
+    tuning.knobs_changed()
     assert autotune.choose("conv_recv", ("m1",), lambda: CANDIDATES,
                            lambda c: ran.append((c, compiling())), CPU) == (4, 32, 4)
     assert ran == [(c, True) for c in CANDIDATES] and timed == [] and not list(tmp_path.glob("*.json"))
     monkeypatch.setenv("TUMBLER_AUTOTUNE", "yes")
-    tuning.knob.cache_clear()
+    tuning.knobs_changed()
     with pytest.raises(ValueError, match="TUMBLER_AUTOTUNE='yes'"):
         autotune.choose("conv_recv", ("m2",), lambda: CANDIDATES, ran.append, CPU)
 
@@ -330,7 +330,7 @@ def untuned(fresh, monkeypatch):
 def _forced(monkeypatch, env: str, tile: tuple):
     from kernels.triton import tuning
     monkeypatch.setenv(env, ",".join(map(str, tile)))
-    tuning.knob.cache_clear()
+    tuning.knobs_changed()
 
 
 _C = 64 if GPU else 37  # 37 channels: a partial channel block in every tile

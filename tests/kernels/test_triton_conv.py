@@ -140,8 +140,8 @@ def test_sender_pass_with_several_channel_blocks(mode, monkeypatch, request):
     The same holds with the fused pass used only without dY, or not at all (TUMBLER_CONV_SENDER)."""
     from kernels.triton import conv as triton_conv
     monkeypatch.setenv("TUMBLER_CONV_SENDER", mode)
-    triton_conv.knob.cache_clear()  # knobs are read once per process
-    request.addfinalizer(triton_conv.knob.cache_clear)
+    triton_conv.knobs_changed()  # knobs are read once per process
+    request.addfinalizer(triton_conv.knobs_changed)
     spec = kernels.ConvSpec(1, 2, 2)
     graph = T.random_graph(7, 19, seed=5, isolated=1)
     h = T.randn(7, spec.dim_in, 37, seed=1, requires_grad=True)
