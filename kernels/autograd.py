@@ -111,12 +111,19 @@ class ConvForm(torch.autograd.Function):
     def forward(ctx, outs, graph, tab, h, Y, R, g):
         ctx.outs, ctx.graph, ctx.tab = outs, graph, tab
         ctx.save_for_backward(h, Y, R, g)
+        if outs == ("g",):  # the conv itself (_run_form's first case, inlined: host time)
+            return (_conv.conv_recv(h, Y, R, graph, tab),)
         return _run_form(outs, graph, tab, (h, Y, R, g))
 
     @staticmethod
     def backward(ctx, *grads):
         saved = ctx.saved_tensors  # unpacked once: torch.utils.checkpoint (the chunked step) allows no second unpack
         need = used_slots(ctx, saved)  # False for None slots
+        if ctx.outs == ("g",) and need[0] and not torch.is_grad_enabled() and (need[1] or need[2]) \
+                and _conv.fuse_sender(need[1]):  # the conv's own backward: the loop below, spelt out (host time)
+            h, Y, R, _ = saved
+            dh, dY, dR = _conv.conv_sender(h, Y, R, grads[0].contiguous(), ctx.graph, ctx.tab, need[1], need[2])
+            return None, None, None, dh, dY, dR, None
         acc = [None, None, None, None]  # gradients of h, Y, R, g
         for s, G in zip(ctx.outs, grads):
             if G is None:
@@ -136,6 +143,22 @@ class ConvForm(torch.autograd.Function):
         return (None, None, None, *acc)
 
 
+def _c_apply(cls):
+    """cls.apply without its Python wrapper, or cls.apply itself where that wrapper does something.
+    torch.autograd.Function.apply is Python around the C++ apply (torch._C._FunctionBase.apply): it binds default
+    arguments for a Function with a setup_context (ours have none) and unwraps functorch's dead wrappers, which
+    exist only under functorch transforms (the caller checks _functorch_active). Called directly, the C++ apply
+    saves 3 us of a 32 us fwd+bwd of a bare Function (local CPU); the small passes are host-bound."""
+    raw = torch._C._FunctionBase.__dict__.get("apply")
+    if raw is None or cls.setup_context is not torch.autograd.Function.setup_context:
+        return cls.apply
+    return raw.__get__(None, cls)
+
+
+_functorch_active = torch._C._are_functorch_transforms_active
+_CONV_APPLY = _c_apply(ConvForm)
+
+
 def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     """Autograd-enabled conv: [N,K_in,C], [E,K_sh], [E,P,C] -> [N,K_out,C] (CONTRACT kernels)."""
     tab = _conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
@@ -145,7 +168,8 @@ def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     if not (torch.is_grad_enabled() and (node_feats.requires_grad or edge_sh.requires_grad
                                          or edge_weights.requires_grad)):  # _records, spelt out: host time
         return _conv.conv_recv(node_feats, edge_sh, edge_weights, graph, tab)
-    (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh, edge_weights, None)
+    apply = ConvForm.apply if _functorch_active() else _CONV_APPLY
+    (out,) = apply(("g",), graph, tab, node_feats, edge_sh, edge_weights, None)
     return out
 
 

@@ -216,8 +216,15 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     if N == 0 or C == 0:
         return out
     tensors = (h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr, graph.senders)
-    if plan and plan(*map(_PTR, tensors)):
-        return out
+    if not (plan and plan(*map(_PTR, tensors))):
+        _recv_launch(key, plan, tensors, tab)
+    return out
+
+
+def _recv_launch(key, plan, tensors, tab):
+    """conv_recv's launch through `launch`, with the tile autotune chooses; then remembered (_remember)."""
+    h, Y = tensors[:2]
+    N, _, C = h.shape
     kern = _recv_kernel(tab)
 
     def run(tile, how=launch):
@@ -229,7 +236,6 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
                  lambda: recv_candidates(C, tab.K_out), run, h.device)
     run(tile)
     _remember(key, plan, lambda: run(tile, direct))
-    return out
 
 
 def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
@@ -291,34 +297,52 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     if N == 0 or C == 0 or E == 0:
         dh.zero_()
         return dh, (h.new_zeros(E, tab.K_sh) if need_Y else None), dR
-    kern = _sender_kernel(tab)
     h, g, Y, R = h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous()
+    if plan:  # _dY_parts and _sender_tensors, inlined (host time)
+        ncb = cdiv(C, plan.meta["BC"])
+        parts = (h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh))) if need_Y else None
+        if plan(h.data_ptr(), g.data_ptr(), Y.data_ptr(), R.data_ptr(), dh.data_ptr(), (parts if need_Y else dh).data_ptr(),
+                (dR if need_R else dh).data_ptr(), graph.send_order.data_ptr(), graph.send_ptr.data_ptr(),
+                graph.send_perm.data_ptr(), graph.receivers.data_ptr()):
+            return dh, (parts if ncb == 1 or not need_Y else parts.sum(0)), dR
+    return dh, _sender_launch(key, plan, (h, g, Y, R, dh, dR, graph), tab, need_Y, need_R), dR
 
-    def parts_for(bc):  # dY: one [E, K_sh] part per channel block, summed
-        ncb = cdiv(C, bc)
-        return h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh)) if need_Y else None
 
-    def tensors(parts):
-        return (h, g, Y, R, dh, parts if need_Y else dh, dR if need_R else dh, graph.send_order, graph.send_ptr,
-                graph.send_perm, graph.receivers)
+def _dY_parts(h, E: int, C: int, tab: ConvTable, bc: int, need_Y: bool):
+    """The sender pass's dY output: one [E, K_sh] part per channel block of bc channels (None if not asked)."""
+    if not need_Y:
+        return None
+    ncb = cdiv(C, bc)
+    return h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh))
 
-    def dY_of(parts):
-        return (parts if parts.dim() == 2 else parts.sum(0)) if need_Y else None
 
-    if plan:
-        parts = parts_for(plan.meta["BC"])
-        if plan(*map(_PTR, tensors(parts))):
-            return dh, dY_of(parts), dR
+def _dY(parts):
+    """dY [E, K_sh] from the parts: their sum over channel blocks, in a fixed order."""
+    return parts if parts is None or parts.dim() == 2 else parts.sum(0)
+
+
+def _sender_tensors(h, g, Y, R, dh, parts, dR, graph) -> tuple:
+    """The sender kernel's tensor arguments in parameter order (an output not asked for: any pointer, unwritten)."""
+    return (h, g, Y, R, dh, dh if parts is None else parts, dh if dR is None else dR, graph.send_order,
+            graph.send_ptr, graph.send_perm, graph.receivers)
+
+
+def _sender_launch(key, plan, inputs, tab, need_Y: bool, need_R: bool):
+    """conv_sender's launch through `launch`, with the tile autotune chooses; then remembered. Returns dY."""
+    h, g, Y, R, dh, dR, graph = inputs
+    N, _, C = h.shape
+    E = graph.senders.shape[0]
+    kern = _sender_kernel(tab)
 
     def run(tile, how=launch):
         be, bc, nw = tile
-        parts = parts_for(bc)
-        d = how(kern, (N, cdiv(C, bc)), *tensors(parts), E, C, BE=be, BC=bc, NEED_H=True, NEED_Y=need_Y,
-                NEED_R=need_R, num_warps=nw, num_stages=_stages())
-        return d if how is direct else dY_of(parts)
+        parts = _dY_parts(h, E, C, tab, bc, need_Y)
+        d = how(kern, (N, cdiv(C, bc)), *_sender_tensors(h, g, Y, R, dh, parts, dR, graph), E, C, BE=be, BC=bc,
+                NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
+        return d if how is direct else _dY(parts)
 
     tile = _tile("TUMBLER_CONV_NODE_CFG", "conv_sender", (tab.key, C, h.dtype, _size_class(N), _size_class(E), need_Y, need_R),
                  lambda: node_candidates(C, tab.K_in), run, h.device)
     dY = run(tile)
     _remember(key, plan, lambda: run(tile, direct))
-    return dh, dY, dR
+    return dY

@@ -188,8 +188,10 @@ def _direct_entry(kernel, compiled, nargs: int, meta: dict):
         return None
     from triton.runtime import driver
     active = driver.active
-    return (compiled, tuple(meta[n] for n in names), active.get_current_device(), active.get_current_device,
-            active.get_current_stream)
+    current_device = active.get_current_device
+    if current_device is torch.cuda.current_device:  # its C part (CUDA is initialised: a kernel ran)
+        current_device = torch._C._cuda_getDevice
+    return (compiled, tuple(meta[n] for n in names), current_device(), current_device, active.get_current_stream)
 
 
 def compiling() -> bool:
