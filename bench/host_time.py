@@ -167,8 +167,9 @@ def _torch_state() -> dict:
 
 
 def _timeline(h, Y, R, g, graph, spec, calls=3000):
-    """Mean host time of each stage of a fwd+bwd call, ours and the no-op Function's: the forward, the
-    engine up to the backward's first line, the backward, the engine after it, and releasing the graph."""
+    """Mean host time of each stage of a fwd+bwd call, ours, probe_direct_launch.py's minimal Function's (the same
+    two launches from a bare Function) and the no-op Function's: the forward, the engine up to the backward's
+    first line, the backward, the engine after it, and releasing the graph."""
     from kernels import autograd as ka
     ops = kernels.get_ops("triton")
     stamps = {}
@@ -183,7 +184,13 @@ def _timeline(h, Y, R, g, graph, spec, calls=3000):
             return res
         return real, backward
 
+    import importlib.util
+    probe_spec = importlib.util.spec_from_file_location("tumbler_probe", Path(__file__).with_name("probe_direct_launch.py"))
+    probe = importlib.util.module_from_spec(probe_spec)
+    probe_spec.loader.exec_module(probe)
+    minimal = probe._minimal(lambda: torch.autograd.grad(ops.edge_conv(h, Y, R, graph, spec), [h, Y, R], g)).function
     for name, cls, fwd in (("ours", ka.ConvForm, lambda: ops.edge_conv(h, Y, R, graph, spec)),
+                           ("minimal", minimal, lambda: minimal.apply(h, Y, R)),
                            ("floor", _Noop, lambda: _Noop.apply(h, Y, R))):
         real, patched = timed(cls)
         cls.backward = staticmethod(patched)

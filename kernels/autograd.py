@@ -112,7 +112,8 @@ class ConvForm(torch.autograd.Function):
         ctx.outs, ctx.graph, ctx.tab = outs, graph, tab
         ctx.save_for_backward(h, Y, R, g)
         if outs == ("g",):  # the conv itself (_run_form's first case, inlined: host time)
-            return (_conv.conv_recv(h, Y, R, graph, tab),)
+            ctx.problem = problem = _conv.conv_problem(h, Y, R, tab)
+            return (_conv.conv_recv(h, Y, R, graph, tab, problem),)
         return _run_form(outs, graph, tab, (h, Y, R, g))
 
     @staticmethod
@@ -122,7 +123,8 @@ class ConvForm(torch.autograd.Function):
         if ctx.outs == ("g",) and need[0] and not torch.is_grad_enabled() and (need[1] or need[2]) \
                 and _conv.fuse_sender(need[1]):  # the conv's own backward: the loop below, spelt out (host time)
             h, Y, R, _ = saved
-            dh, dY, dR = _conv.conv_sender(h, Y, R, grads[0].contiguous(), ctx.graph, ctx.tab, need[1], need[2])
+            dh, dY, dR = _conv.conv_sender(h, Y, R, grads[0].contiguous(), ctx.graph, ctx.tab, need[1], need[2],
+                                           ctx.problem)
             return None, None, None, dh, dY, dR, None
         acc = [None, None, None, None]  # gradients of h, Y, R, g
         for s, G in zip(ctx.outs, grads):

@@ -193,21 +193,47 @@ _PTR = torch.Tensor.data_ptr
 _MAX_PLANS = 4096  # problems remembered at most (eager MD with a new edge count at each step makes new ones)
 
 
-def _remember(key: tuple, plan, make) -> None:
-    """After a launch through `launch`: a problem seen once is marked (False); seen again, it gets its Direct launch
-    (launch.py) made by make(), which the launcher's next calls take without a key, a tile lookup or a check (the
-    key, its shapes, dtypes and devices, fixes all of them). Shapes seen once, as in eager MD, cost no Direct."""
-    if len(PLANS) >= _MAX_PLANS:
-        PLANS.clear()
-    PLANS[key] = make() if plan is False else False if plan is None else plan
+class Problem:
+    """What the launchers remember about one problem (its key fixes the shapes, dtypes and devices, so every check,
+    integer and specialisation but the alignment): the state of its receiver pass and of its sender passes by
+    (need_Y, need_R). Each is None until a launch through `launch`, then False; at the next one it becomes the
+    launch.Direct that later calls take without a key, a tile lookup or a check. A shape seen once (eager MD
+    makes a new edge count at each step) thus costs no Direct."""
+
+    __slots__ = ("recv", "senders")
+
+    def __init__(self):
+        self.recv, self.senders = None, {}
 
 
-def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
-    """out[i] = sum over edges into i: [N, K_in, C] x [E, K_sh] x [E, P, C] -> [N, K_out, C]."""
-    key = (conv_recv, tab, h.shape, Y.shape, R.shape, h.dtype, Y.dtype, R.dtype, h.device, Y.device, R.device)
-    plan = PLANS.get(key)
+def _problem(key: tuple) -> Problem:
+    p = PLANS.get(key)
+    if p is None:
+        if len(PLANS) >= _MAX_PLANS:
+            PLANS.clear()
+        p = PLANS[key] = Problem()
+    return p
+
+
+def _next(plan, make):
+    """A launch's state after a launch through `launch` (Problem)."""
+    return make() if plan is False else False if plan is None else plan
+
+
+def conv_problem(h, Y, R, tab: ConvTable) -> Problem:
+    """The Problem of conv_recv(h, Y, R, graph, tab); handed to conv_sender, it stands for the sender passes of
+    the conv's own backward (ConvForm), whose g has the forward output's shape, dtype and device (the autograd
+    engine checks it) and whose graph is the forward's: that backward looks up no key."""
+    return _problem((tab, h.shape, Y.shape, R.shape, h.dtype, Y.dtype, R.dtype, h.device, Y.device, R.device))
+
+
+def conv_recv(h, Y, R, graph, tab: ConvTable, problem: Problem | None = None) -> torch.Tensor:
+    """out[i] = sum over edges into i: [N, K_in, C] x [E, K_sh] x [E, P, C] -> [N, K_out, C].
+    problem: conv_problem(h, Y, R, tab), if the caller has it."""
+    p = problem or conv_problem(h, Y, R, tab)
+    plan = p.recv
     N, _, C = h.shape
-    if not plan:  # a plan's key holds shapes that passed these checks
+    if not plan:  # a plan's problem holds shapes that passed these checks
         E = Y.shape[0]
         _check(h, (N, tab.K_in, C), "node_feats")
         _check(Y, (E, tab.K_sh), "edge_sh")
@@ -217,12 +243,12 @@ def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
         return out
     tensors = (h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr, graph.senders)
     if not (plan and plan(*map(_PTR, tensors))):
-        _recv_launch(key, plan, tensors, tab)
+        p.recv = _recv_launch(plan, tensors, tab)
     return out
 
 
-def _recv_launch(key, plan, tensors, tab):
-    """conv_recv's launch through `launch`, with the tile autotune chooses; then remembered (_remember)."""
+def _recv_launch(plan, tensors, tab):
+    """conv_recv's launch through `launch`, with the tile autotune chooses; returns the plan's next state."""
     h, Y = tensors[:2]
     N, _, C = h.shape
     kern = _recv_kernel(tab)
@@ -235,7 +261,7 @@ def _recv_launch(key, plan, tensors, tab):
     tile = _tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(Y.shape[0])),
                  lambda: recv_candidates(C, tab.K_out), run, h.device)
     run(tile)
-    _remember(key, plan, lambda: run(tile, direct))
+    return _next(plan, lambda: run(tile, direct))
 
 
 def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
@@ -282,12 +308,13 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     return dY, dR
 
 
-def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
+def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool, problem: Problem | None = None):
     """dh = conv_send(g, Y, R) together with conv_edge's dY [E, K_sh] and dR [E, P, C] (None where not asked),
-    from one pass over the sender segments: g[recv_e] is gathered once per edge instead of once per kernel."""
-    key = (conv_sender, tab, h.shape, Y.shape, R.shape, g.shape, graph.senders.shape, h.dtype, Y.dtype, R.dtype,
-           g.dtype, h.device, Y.device, R.device, g.device, need_Y, need_R)
-    plan = PLANS.get(key)
+    from one pass over the sender segments: g[recv_e] is gathered once per edge instead of once per kernel.
+    problem: the forward's conv_problem, from the conv's own backward (see there); else a key of its own."""
+    p = problem or _problem((conv_sender, tab, h.shape, Y.shape, R.shape, g.shape, graph.senders.shape, h.dtype,
+                             Y.dtype, R.dtype, g.dtype, h.device, Y.device, R.device, g.device))
+    plan = p.senders.get((need_Y, need_R))
     N, _, C = h.shape
     E = graph.senders.shape[0]
     if not plan:
@@ -301,11 +328,12 @@ def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     if plan:  # _dY_parts and _sender_tensors, inlined (host time)
         ncb = cdiv(C, plan.meta["BC"])
         parts = (h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh))) if need_Y else None
-        if plan(h.data_ptr(), g.data_ptr(), Y.data_ptr(), R.data_ptr(), dh.data_ptr(), (parts if need_Y else dh).data_ptr(),
-                (dR if need_R else dh).data_ptr(), graph.send_order.data_ptr(), graph.send_ptr.data_ptr(),
-                graph.send_perm.data_ptr(), graph.receivers.data_ptr()):
+        if plan(h.data_ptr(), g.data_ptr(), Y.data_ptr(), R.data_ptr(), dh.data_ptr(),
+                (parts if need_Y else dh).data_ptr(), (dR if need_R else dh).data_ptr(), graph.send_order.data_ptr(),
+                graph.send_ptr.data_ptr(), graph.send_perm.data_ptr(), graph.receivers.data_ptr()):
             return dh, (parts if ncb == 1 or not need_Y else parts.sum(0)), dR
-    return dh, _sender_launch(key, plan, (h, g, Y, R, dh, dR, graph), tab, need_Y, need_R), dR
+    dY, p.senders[need_Y, need_R] = _sender_launch(plan, (h, g, Y, R, dh, dR, graph), tab, need_Y, need_R)
+    return dh, dY, dR
 
 
 def _dY_parts(h, E: int, C: int, tab: ConvTable, bc: int, need_Y: bool):
@@ -327,8 +355,8 @@ def _sender_tensors(h, g, Y, R, dh, parts, dR, graph) -> tuple:
             graph.send_ptr, graph.send_perm, graph.receivers)
 
 
-def _sender_launch(key, plan, inputs, tab, need_Y: bool, need_R: bool):
-    """conv_sender's launch through `launch`, with the tile autotune chooses; then remembered. Returns dY."""
+def _sender_launch(plan, inputs, tab, need_Y: bool, need_R: bool):
+    """conv_sender's launch through `launch`, with the tile autotune chooses; returns dY and the plan's next state."""
     h, g, Y, R, dh, dR, graph = inputs
     N, _, C = h.shape
     E = graph.senders.shape[0]
@@ -343,6 +371,4 @@ def _sender_launch(key, plan, inputs, tab, need_Y: bool, need_R: bool):
 
     tile = _tile("TUMBLER_CONV_NODE_CFG", "conv_sender", (tab.key, C, h.dtype, _size_class(N), _size_class(E), need_Y, need_R),
                  lambda: node_candidates(C, tab.K_in), run, h.device)
-    dY = run(tile)
-    _remember(key, plan, lambda: run(tile, direct))
-    return dY
+    return run(tile), _next(plan, lambda: run(tile, direct))

@@ -1,4 +1,4 @@
-"""The conv launchers' plans (kernels/triton/conv.py `_remember`, launch.py `Direct`): a problem seen twice is then
+"""The conv launchers' plans (kernels/triton/conv.py `Problem`, launch.py `Direct`): a problem seen twice is then
 launched through its compiled kernel's launcher with nothing looked up but the plan, and with the same arguments
 the full path gives it. Stand-in kernels record every launch, so this runs on CPU (no GPU or compiler needed)."""
 from __future__ import annotations
@@ -135,7 +135,7 @@ def test_knobs_changed_forgets_the_plans(conv, monkeypatch):
     tab = conv.table_for(1, 2, 2)
     for _ in range(3):
         conv.conv_recv(h, Y, R, graph, tab)
-    assert any(tuning.PLANS.values())
+    assert any(p.recv for p in tuning.PLANS.values())
     monkeypatch.setenv("TUMBLER_CONV_RECV_CFG", "1,16,1")
     tuning.knobs_changed()
     assert not tuning.PLANS
@@ -155,4 +155,21 @@ def test_plans_stay_bounded(conv, monkeypatch):
         graph = kernels.make_graph(torch.zeros(e, dtype=torch.int64), torch.zeros(e, dtype=torch.int64), 2)
         conv.conv_recv(torch.randn(2, 4, 8), torch.randn(e, 9), torch.randn(e, spec.num_paths, 8), graph, tab)
         assert len(tuning.PLANS) <= 4
-        assert not any(tuning.PLANS.values())
+        assert not any(p.recv for p in tuning.PLANS.values())
+
+
+def test_the_conv_backward_takes_the_forward_problem(conv, monkeypatch):
+    """Through autograd (ConvForm), the sender pass of the conv's backward finds its plan through the forward's
+    Problem: from the third fwd+bwd on, both launches are direct, and no sender key is made."""
+    conv, calls = conv
+    from kernels.triton import tuning
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the "triton" backend on CPU tensors
+    spec, graph, h, Y, R = _problem()
+    leaves = [t.requires_grad_(True) for t in (h, Y, R)]
+    g = torch.randn(3, 9, 32)
+    ops = kernels.get_ops("triton")
+    for _ in range(3):
+        grads = torch.autograd.grad(ops.edge_conv(*leaves, graph, spec), leaves, g)
+    assert [c[0] for c in calls] == ["triton", "triton", "direct", "direct", "direct", "direct"]
+    assert len(tuning.PLANS) == 1  # the forward's problem only
+    assert calls[-1][10:17] == tuple(t.data_ptr() for t in (h, g, Y, R, *grads))
