@@ -185,7 +185,8 @@ def _timeline(h, Y, R, g, graph, spec, calls=3000):
         return real, backward
 
     import importlib.util
-    probe_spec = importlib.util.spec_from_file_location("tumbler_probe", Path(__file__).with_name("probe_direct_launch.py"))
+    probe_file = Path(__file__).with_name("probe_direct_launch.py")
+    probe_spec = importlib.util.spec_from_file_location("tumbler_probe", probe_file)
     probe = importlib.util.module_from_spec(probe_spec)
     probe_spec.loader.exec_module(probe)
     minimal = probe._minimal(lambda: torch.autograd.grad(ops.edge_conv(h, Y, R, graph, spec), [h, Y, R], g)).function

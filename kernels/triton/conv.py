@@ -7,6 +7,11 @@ Shapes: h [N, K_in, C], Y [E, K_sh], R [E, P, C], g [N, K_out, C]; graph = kerne
     out[i, k3, c] = sum_{e -> i} sum_entries w * R[e, p, c] * h[send_e, k1, c] * Y[e, k2].
 The three launchers conv_recv, conv_send and conv_edge are the partial derivatives of that 4-linear
 form (conv_codegen.py); conv_sender fuses conv_send with conv_edge for backward passes that need both.
+
+The small passes (20k edges) are host-bound, so conv_recv and conv_sender remember each problem (`Problem`,
+keyed by shapes, dtypes and devices): from its third call on, a launch goes straight to the compiled kernel's
+launcher (launch.Direct) without argument checks, tile lookup or launch key; the conv's backward reaches its
+sender launch through the forward's Problem (measurements: bench/NOTES.md v17).
 """
 from __future__ import annotations
 
@@ -369,6 +374,6 @@ def _sender_launch(plan, inputs, tab, need_Y: bool, need_R: bool):
                 NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
         return d if how is direct else _dY(parts)
 
-    tile = _tile("TUMBLER_CONV_NODE_CFG", "conv_sender", (tab.key, C, h.dtype, _size_class(N), _size_class(E), need_Y, need_R),
-                 lambda: node_candidates(C, tab.K_in), run, h.device)
+    problem = (tab.key, C, h.dtype, _size_class(N), _size_class(E), need_Y, need_R)
+    tile = _tile("TUMBLER_CONV_NODE_CFG", "conv_sender", problem, lambda: node_candidates(C, tab.K_in), run, h.device)
     return run(tile), _next(plan, lambda: run(tile, direct))

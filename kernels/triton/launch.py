@@ -9,6 +9,9 @@ Triton's AsyncCompileMode; autotune.py compiles a problem's candidate tiles so) 
   launch(kernel, grid, *args, **meta)   kernel[grid](*args, **meta), from its second call on through the compiled
                                          kernel's own launcher; only compiled under compile_only(), only recorded
                                          in a precompile pass
+  direct(kernel, grid, *args, **meta)   that launch, once launched, as a Direct: called with its tensors' device
+                                         addresses, it launches with nothing looked up (for callers that key
+                                         their launches themselves: conv.py's Problems)
   compiling()                            whether launches only compile or are only recorded at the moment
   compile_only(threads)                  the context above
   precompile(fn)                         compiles what fn() would launch, then returns. fn's results are
