@@ -70,14 +70,7 @@ def pieces():
     on the 128ch l0 sender launch of a fwd+bwd."""
     from kernels.triton import launch
     name, fns = sync_modes.passes_for(1, [], ("fwdbwd",))
-    fwdbwd = fns[("tumbler", "fwdbwd")]
-    seen = []
-    real = launch._run
-    launch._run = lambda kernel, grid, args, meta: seen.append((kernel, grid, args, meta)) or real(kernel, grid, args, meta)
-    fwdbwd()
-    fwdbwd()
-    launch._run = real
-    kernel, grid, args, meta = seen[-1]
+    kernel, grid, args, meta = _recorded_launches(fns[("tumbler", "fwdbwd")])[-1]
     key = launch._bind(kernel, args, meta)[0]
     compiled, consts, device, current_device, current_stream = launch._DIRECT[key]
     stream = current_stream(device)
@@ -101,6 +94,22 @@ def pieces():
     }
     for label, fn in cases.items():
         print(f"{label:<24} {_tight_us(fn, 2000):7.2f} us", flush=True)
+
+
+def _recorded_launches(fn) -> list:
+    """(kernel, grid, args, meta) of every launch.launch that reaches launch._run in two calls of fn, with the
+    conv's plans forgotten first (a planned launch does not go through launch._run)."""
+    from kernels.triton import launch, tuning
+    tuning.knobs_changed()
+    seen = []
+    real = launch._run
+    launch._run = lambda kernel, grid, args, meta: seen.append((kernel, grid, args, meta)) or real(kernel, grid, args, meta)
+    try:
+        fn()
+        fn()
+    finally:
+        launch._run = real
+    return seen
 
 
 def _tight_us(fn, calls: int, rounds: int = 20) -> float:
@@ -152,15 +161,8 @@ def addresses():
 
 def _minimal(ours):
     """The `minimal` mode: ours' two launches, recorded from one call, replayed from a bare autograd Function."""
-    from kernels.triton import launch, tuning
-    tuning.knobs_changed()  # no plans yet: the two calls below go through launch._run
-    seen = []
-    real = launch._run
-    launch._run = lambda kernel, grid, args, meta: seen.append((kernel, grid, args, meta)) or real(kernel, grid, args, meta)
-    ours()
-    ours()
-    launch._run = real
-    (rk, rgrid, rargs, rmeta), (sk, sgrid, sargs, smeta) = seen[-2:]
+    from kernels.triton import launch
+    (rk, rgrid, rargs, rmeta), (sk, sgrid, sargs, smeta) = _recorded_launches(ours)[-2:]
     r_compiled, r_consts, device, _, current_stream = launch._DIRECT[launch._bind(rk, rargs, rmeta)[0]]
     s_compiled, s_consts = launch._DIRECT[launch._bind(sk, sargs, smeta)[0]][:2]
     r_fixed = launch._bind(rk, rargs, rmeta)[1][4:]  # recv_ptr, recv_ptr, senders, C
