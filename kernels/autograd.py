@@ -76,8 +76,6 @@ _LEAF = torch._C._functions.AccumulateGrad
 def _run_form(outs, graph, tab, slots):
     """dF/ds for each slot name s in outs, at slots = (h, Y, R, g); a tuple in the order of outs."""
     h, Y, R, g = slots
-    if outs == ("g",):  # the conv itself, the commonest call
-        return (_conv.conv_recv(h, Y, R, graph, tab),)
     res = {}
     if "g" in outs:
         res["g"] = _conv.conv_recv(h, Y, R, graph, tab)
@@ -111,7 +109,7 @@ class ConvForm(torch.autograd.Function):
     def forward(ctx, outs, graph, tab, h, Y, R, g):
         ctx.outs, ctx.graph, ctx.tab = outs, graph, tab
         ctx.save_for_backward(h, Y, R, g)
-        if outs == ("g",):  # the conv itself (_run_form's first case, inlined: host time)
+        if outs == ("g",):  # the conv itself, the commonest call (its Problem serves its backward too)
             ctx.problem = problem = _conv.conv_problem(h, Y, R, tab)
             return (_conv.conv_recv(h, Y, R, graph, tab, problem),)
         return _run_form(outs, graph, tab, (h, Y, R, g))
