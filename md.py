@@ -3,7 +3,7 @@
     python md.py --model runs/quickstart/model.pt --structure cu.xyz --ensemble nvt --temperature 300 --steps 2000
     python md.py --config configs/md_quickstart.yaml [--steps 500 ...]     # CLI flags override the YAML
 
-Units: temperature K, pressure GPa, timestep fs, friction 1/fs. See potential/md_runner.py for the
+Units: temperature K, pressure GPa, timestep fs, friction 1/fs. See potential/simulation/ase_md.py for the
 integrators, the log columns and the trajectory formats.
 """
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest for small systems)")
     a("--engine", choices=["ase", "gpu"],
       help="ase (default): ASE's integrators through potential.Calculator; gpu: the device-resident engine "
-           "(potential.dynamics: nve, nvt langevin/bussi; also runs on the CPU)")
+           "(potential.simulation.dynamics: nve, nvt langevin/bussi; also runs on the CPU)")
     a("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm bar")
     return p
 
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     config_path = args.pop("config")
-    from potential.md_config import load_config
-    from potential.md_runner import merge_options, run_from_config
+    from potential.simulation.md_config import load_config
+    from potential.simulation.run import merge_options, run_from_config
 
     try:
         file_options = load_config(config_path) if config_path else {}

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--threads", type=int, help="torch CPU threads (default: torch's)")
     a("--engine", choices=["ase", "gpu"], default="ase",
       help="relaxation engine: ase (default, one structure at a time) or gpu (batched FIRE on the model's device, "
-           "potential.fire; positions only)")
+           "potential.simulation.fire; positions only)")
     a("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     return p
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from potential.evaluate import load_model_file
-    from potential.screening import OUTPUT_SUFFIXES, read_input, screen, write_results
+    from potential.simulation.screening import OUTPUT_SUFFIXES, read_input, screen, write_results
 
     try:
         if args.threads is not None:

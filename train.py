@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from potential.config import ConfigError, config_to_dict, load_config
-    from potential.training import TrainingError, run
+    from potential.training.config import ConfigError, config_to_dict, load_config
+    from potential.training.trainer import TrainingError, run
 
     try:
         cfg = load_config(args.config, args.overrides)

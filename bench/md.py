@@ -179,7 +179,7 @@ def time_engine(bench, dyn, steps, warm):
 
 # ------------------------------------------------------------------ parts
 def part_engine(bench):
-    from potential.dynamics import Dynamics
+    from potential.simulation.dynamics import Dynamics
 
     a = bench.args
     steps, warm = a.steps, 10

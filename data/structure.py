@@ -33,6 +33,12 @@ def where(source: str, index: int, key: str | None = None) -> str:
     return text + (f": key '{key}'" if key else "")
 
 
+def is_3d_periodic(structure) -> bool:
+    """True when a structure (ase.Atoms or data.Structure: anything with .pbc and .cell) is periodic in all
+    three directions with a cell of non-zero volume (Å^3): the structures that have a stress."""
+    return bool(np.all(structure.pbc)) and abs(float(np.linalg.det(np.asarray(structure.cell, dtype=float)))) > 1e-9
+
+
 def as_stress_3x3(value, context: str) -> np.ndarray:
     """Stress-like label -> (3,3). Accepts Voigt 6 (ASE order xx yy zz yz xz xy), 9 or (3,3)."""
     arr = np.asarray(value, dtype=np.float64)

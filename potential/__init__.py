@@ -1,20 +1,21 @@
-"""tumbler.potential: the equivariant interatomic potential and what uses it.
+"""tumbler.potential: the equivariant interatomic potential, its file format and its ASE calculator, with
+subpackages for what uses the model: training/ (train.py) and simulation/ (md.py, screen.py).
 
-Public API (potential engineer): ModelConfig, Potential, save_model, load_model, read_model_file,
-Calculator, Irreps. Conventions: eV, Å, eV/Å, eV/Å^3 (ASE stress sign); see potential/model.py.
+Conventions: eV, Å, eV/Å, eV/Å^3 (ASE stress sign); see potential/model.py. The import graph runs one way:
+irreps, radial -> layers -> model -> io, static_step -> calculator, evaluate -> training, simulation.
 """
 
 from .calculator import Calculator
+from .evaluate import evaluate
 from .io import FORMAT, FORMAT_VERSION, load_model, read_model_file, save_model
 from .irreps import Irreps
 from .model import ModelConfig, Potential
+from .simulation import MDConfig, run_md, screen
+from .training import ConfigError, TrainConfig, Trainer, TrainingError, load_config
+from .training import run as run_training
 
-# training (training engineer): the YAML config tree and the run behind train.py
-from .config import ConfigError, TrainConfig, load_config
-from .training import Trainer, TrainingError, run as run_training
-
-# md / screening (md engineer): batched single points, MD settings and runner, screening.
-from .evaluate import evaluate
-from .md_config import MDConfig
-from .md_runner import run_md
-from .screening import screen
+__all__ = [
+    "Calculator", "evaluate", "FORMAT", "FORMAT_VERSION", "load_model", "read_model_file", "save_model", "Irreps",
+    "ModelConfig", "Potential", "MDConfig", "run_md", "screen", "ConfigError", "TrainConfig", "Trainer",
+    "TrainingError", "load_config", "run_training",
+]

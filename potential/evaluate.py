@@ -42,7 +42,7 @@ def load_model_file(path, device: str = "cpu"):
     """
     from pathlib import Path
 
-    from . import load_model
+    from .io import load_model
 
     path = Path(path)
     if not path.is_file():

@@ -10,7 +10,7 @@ from ase.build import bulk, molecule
 from ase.optimize import FIRE
 
 from potential import Calculator
-from potential.fire import relax_batch
+from potential.simulation.fire import relax_batch
 
 from tumbler_dynamics_helpers import make_model
 

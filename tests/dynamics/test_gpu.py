@@ -8,8 +8,8 @@ import pytest
 import torch
 from ase.build import molecule
 
-from potential.dynamics import Dynamics
-from potential.fire import relax_batch
+from potential.simulation.dynamics import Dynamics
+from potential.simulation.fire import relax_batch
 
 from tumbler_dynamics_helpers import cu_cubic, cu_triclinic, make_model, with_velocities
 

@@ -17,7 +17,7 @@ from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 
 from potential import Calculator
-from potential.dynamics import Dynamics
+from potential.simulation.dynamics import Dynamics
 
 from tumbler_dynamics_helpers import cu_cubic, cu_triclinic, with_velocities
 

@@ -11,8 +11,9 @@ import pytest
 
 import md
 import screen
-from potential.md_config import MDConfig
-from potential.md_runner import LOG_COLUMNS, run_from_config
+from potential.simulation.md_config import MDConfig
+from potential.simulation.md_output import LOG_COLUMNS
+from potential.simulation.run import run_from_config
 
 
 def read_log(path):

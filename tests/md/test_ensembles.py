@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from potential.md_config import MDConfig
-from potential.md_runner import run_md
+from potential.simulation.md_config import MDConfig
+from potential.simulation.ase_md import run_md
 
 
 @pytest.mark.parametrize("thermostat", ["langevin", "bussi", "nose-hoover"])

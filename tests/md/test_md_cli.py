@@ -9,8 +9,10 @@ import torch
 from ase.build import molecule
 
 import md
-from potential.md_config import MDConfig, build_structure, load_config
-from potential.md_runner import LOG_COLUMNS, merge_options, run_md
+from potential.simulation.md_config import MDConfig, build_structure, load_config
+from potential.simulation.md_output import LOG_COLUMNS
+from potential.simulation.run import merge_options
+from potential.simulation.ase_md import run_md
 
 REPO = Path(__file__).resolve().parents[2]
 

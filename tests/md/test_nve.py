@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from potential.md_config import MDConfig
-from potential.md_runner import run_md
+from potential.simulation.md_config import MDConfig
+from potential.simulation.ase_md import run_md
 
 
 def test_nve_conserves_energy(cu_model, make_cu):

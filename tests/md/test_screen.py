@@ -11,7 +11,7 @@ from ase.build import bulk, molecule
 
 import screen
 from potential.evaluate import evaluate
-from potential.screening import screen as run_screen
+from potential.simulation.screening import screen as run_screen
 
 
 def mixed_structures():

@@ -5,7 +5,7 @@ from ase import units
 from ase.md.verlet import VelocityVerlet
 
 from potential.evaluate import evaluate
-from potential.md_runner import init_velocities
+from potential.simulation.md_output import init_velocities
 
 
 def test_skin_list_forces_match_fresh_list(cu_model, make_cu):

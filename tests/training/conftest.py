@@ -11,7 +11,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from potential.config import parse_config
+from potential.training.config import parse_config
 
 
 def emt_structures(n: int, seed: int = 0, element: str = "Cu", stress_every: int = 1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from potential.config import ConfigError, apply_overrides, dump_config, load_config, parse_config
+from potential.training.config import ConfigError, apply_overrides, dump_config, load_config, parse_config
 
 
 def _raw(**training):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import data
-import potential.training as training
-from potential.config import ConfigError, dump_config
+import potential.training.trainer as training
+from potential.training.config import ConfigError, dump_config
 
 
 def _fails(cfg, message, tmp_path):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 import kernels
-import potential.training as training
-from potential.checkpoint import load_checkpoint
+import potential.training.trainer as training
+from potential.training.checkpoint import load_checkpoint
 
 
 def _final_model(cfg) -> dict:

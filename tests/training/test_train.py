@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import data
-import potential.training as training
-from potential.checkpoint import load_checkpoint
-from potential.config import dump_config
-from potential.metrics import LossWeights, compute_loss
+import potential.training.trainer as training
+from potential.training.checkpoint import load_checkpoint
+from potential.training.config import dump_config
+from potential.training.metrics import LossWeights, compute_loss
 
 
 def _metrics(run_dir):

@@ -7,7 +7,7 @@ on CUDA the integrator's half steps are captured as CUDA graphs too, so a step i
 
 API (what md.py --engine gpu calls):
 
-    from potential.dynamics import Dynamics
+    from potential.simulation.dynamics import Dynamics
     dyn = Dynamics(model, atoms_or_list, timestep=1.0, thermostat=None | "langevin" | "baoab" | "bussi",
                    temperature=300.0 or [T_0, ..., T_B-1], friction=0.01, tdamp=100.0, seed=0, skin=1.0,
                    stress=False, device=None)   # device: moves the model there (else the model's device)
@@ -26,7 +26,7 @@ Wiring md.py --engine gpu (nve, or nvt with langevin / bussi; nose-hoover and np
     def log(d):   # one CSV row / trajectory frame per structure: o[key][b]
         o = d.observables(); frames = d.get_atoms()   # d.nsteps, d.time_fs
     dyn.run(cfg.steps, interval=cfg.interval, callback=log)
-  and screen.py --engine gpu --relax: potential.fire.relax_batch(model, atoms_list, fmax, max_steps, batch_atoms=...).
+  and screen.py --engine gpu --relax: potential.simulation.fire.relax_batch(model, atoms_list, fmax, max_steps, batch_atoms=...).
 
 Conventions: ASE units inside (Å, eV, amu, time in ASE units; timestep and tdamp are given in fs, friction in
 1/fs). Velocities are taken from the Atoms' momenta (set them with MaxwellBoltzmannDistribution first).
@@ -53,7 +53,7 @@ import torch
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .static_step import StaticStep
+from ..static_step import StaticStep
 
 THERMOSTATS = (None, "langevin", "baoab", "bussi")
 

@@ -2,7 +2,7 @@
 
 `run(cfg, restart=False)`:
   1. checks the inputs and fails before training (device, files, labels vs loss weights, elements, batch size);
-  2. reads and splits the data and computes the model's data-derived inputs (potential.trainset);
+  2. reads and splits the data and computes the model's data-derived inputs (potential.training.trainset);
   3. trains with Adam/AdamW, a linear warmup (LinearLR, per optimizer step) then ReduceLROnPlateau (per
      validation) or CosineAnnealingLR (per epoch), gradient clipping, an EMA of the weights
      (torch.optim.swa_utils.AveragedModel) used for validation and export, and an optional second stage;
@@ -37,12 +37,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data
-import potential
-from potential.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from potential.config import ConfigError, TrainConfig, config_to_dict, dump_config
-from potential.metrics import METRIC_NAMES, ErrorMetrics, LossWeights, compute_loss, format_header, format_row
-from potential.model import calling_thread_backward
-from potential.trainset import data_statistics, prepare_data
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import ConfigError, TrainConfig, config_to_dict, dump_config
+from .metrics import METRIC_NAMES, ErrorMetrics, LossWeights, compute_loss, format_header, format_row
+from ..io import load_model, save_model
+from ..model import ModelConfig, Potential, calling_thread_backward
+from .trainset import data_statistics, prepare_data
 
 __all__ = ["CSV_FIELDS", "TrainingError", "resolve_device", "evaluate_model", "Trainer", "run"]
 
@@ -75,7 +75,7 @@ def _loader(structures, batch_size, cutoff, num_workers, sampler=None) -> DataLo
 
 
 def evaluate_model(model, loader, device, dtype, weights: LossWeights, forces: bool, stress: bool) -> dict:
-    """Metrics (potential.metrics.METRIC_NAMES) of `model` over every batch of `loader`."""
+    """Metrics (potential.training.metrics.METRIC_NAMES) of `model` over every batch of `loader`."""
     metrics = ErrorMetrics(device)
     model.eval()
     for batch in loader:
@@ -135,10 +135,10 @@ class Trainer:
         model_dict = {k: v for k, v in config_to_dict(cfg.model).items() if v is not None}
         model_dict.update(self.stats, dtype=cfg.dtype)
         try:
-            model_config = potential.ModelConfig.from_dict(model_dict)
+            model_config = ModelConfig.from_dict(model_dict)
         except ValueError as e:
             raise ConfigError(f"model: {e}") from e
-        self.model = potential.Potential(model_config).to(self.device)
+        self.model = Potential(model_config).to(self.device)
         self.model.zero_readouts()  # start from E = E0 + shift (a restart then loads its own weights)
         self._precompiled = False  # the first step of this process compiles its kernels at once (_precompile)
         if self.world > 1:
@@ -334,7 +334,7 @@ class Trainer:
         if valid["loss"] is not None and valid["loss"] < self.best_loss:
             self.best_loss, self.best_epoch = valid["loss"], self.epoch
             if self.main:
-                potential.save_model(self.export_model, self.model_path,
+                save_model(self.export_model, self.model_path,
                                      extra={"epoch": self.epoch, "stage": self.stage, "valid": valid})
 
     def _end_of_epoch(self, train: dict, valid: dict | None, seconds: float) -> None:
@@ -394,7 +394,7 @@ class Trainer:
         if not validated:  # stopped by the time budget between validations
             self._keep_best(self._validate())
         if self.main and not self.model_path.exists():  # no finite validation loss at all: export the last
-            potential.save_model(self.export_model, self.model_path, extra={"epoch": self.epoch, "stage": self.stage})
+            save_model(self.export_model, self.model_path, extra={"epoch": self.epoch, "stage": self.stage})
         result = self.final_evaluation() if self.main else {}
         if self.world > 1:
             dist.barrier()
@@ -403,7 +403,7 @@ class Trainer:
 
     def final_evaluation(self) -> dict:
         """Best model (model.pt) on the validation and test sets -> printed table and test_metrics.json."""
-        best = potential.load_model(self.model_path, device=self.device)
+        best = load_model(self.model_path, device=self.device)
         result = {"best_epoch": self.best_epoch}
         for name, loader, structures in (("valid", self.valid_loader, self.sets.valid),
                                          ("test", self.test_loader, self.sets.test)):

@@ -1,7 +1,7 @@
 """MD run settings (``md.py`` / ``configs/md_*.yaml``) and the structures they name.
 
 Units follow ASE users' habits at the interface and are converted once, in
-``potential.md_runner``: temperature K, pressure GPa, timestep / tdamp / pdamp fs,
+``potential.simulation.ase_md``: temperature K, pressure GPa, timestep / tdamp / pdamp fs,
 friction 1/fs, compressibility 1/GPa, skin Å.
 
 A structure is either a path to any ASE-readable file (the last frame is used, as
@@ -55,7 +55,7 @@ class MDConfig:
     skin: float = 1.0  # Å, Verlet-list skin of the calculator
     threads: int | None = None  # torch intra-op threads; None = torch's default (1 is best for small CPU systems)
     progress: bool = True  # tqdm bar (shown on terminals only)
-    engine: str = "ase"  # "ase": ASE's integrators with potential.Calculator; "gpu": potential.dynamics (device-resident)
+    engine: str = "ase"  # "ase": ASE's integrators with potential.Calculator; "gpu": potential.simulation.dynamics (device-resident)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "MDConfig":

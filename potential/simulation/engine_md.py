@@ -1,10 +1,10 @@
-"""``md.py --engine gpu``: the same run as ``potential.md_runner.run_md``, on the device-resident engine.
+"""``md.py --engine gpu``: the same run as ``potential.simulation.ase_md.run_md``, on the device-resident engine.
 
-``potential.dynamics.Dynamics`` keeps positions, momenta and forces on the model's device and syncs to the host
+``potential.simulation.dynamics.Dynamics`` keeps positions, momenta and forces on the model's device and syncs to the host
 only every ``interval`` steps, to write the log line and the trajectory frame. It integrates NVE (velocity Verlet)
 and NVT with ASE's Langevin scheme or Bussi's rescaling, step for step as ASE does. Nose-Hoover and NPT have no
 device integrator, so they stay on ``--engine ase``. The engine runs on the CPU too (eagerly, no CUDA graphs),
-which is how CI tests it. The log has the columns of ``md_runner.LOG_COLUMNS``.
+which is how CI tests it. The log has the columns of ``md_output.LOG_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import time
 import ase
 
 from .md_config import MDConfig
-from .md_runner import (MDResult, TrajectoryWriter, check_elements, format_row, init_velocities, is_3d_periodic,
-                        open_log, run_and_close)
+from data.structure import is_3d_periodic
+
+from .md_output import MDResult, TrajectoryWriter, check_elements, format_row, init_velocities, open_log, run_and_close
 
 ENGINE_THERMOSTATS = {"nve": None, "langevin": "langevin", "bussi": "bussi"}
 

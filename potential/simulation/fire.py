@@ -1,6 +1,6 @@
 """Batched FIRE relaxation on the device: many structures at once, each with its own FIRE state.
 
-    from potential.fire import relax_batch
+    from potential.simulation.fire import relax_batch
     results = relax_batch(model, atoms_list, fmax=0.05, max_steps=500)
 
 Each structure follows ase.optimize.FIRE exactly (same defaults: dt 0.1, maxstep 0.2 Å, dtmax 1.0, Nmin 5,
@@ -11,7 +11,7 @@ Forces come from potential.static_step.StaticStep (device Verlet lists, CUDA gra
 count per step (how many structures are still moving). When at most half of the structures still move, the
 batch is compacted to those (a new static step; converged structures stop costing force evaluations);
 `batch_atoms` bounds the atoms relaxed together (structures are taken in order, in chunks). The Atoms are
-updated in place with the relaxed positions, like an ASE optimizer does. Each result is a dict like potential.screening.relax_one's:
+updated in place with the relaxed positions, like an ASE optimizer does. Each result is a dict like potential.simulation.screening.relax_one's:
 energy, energy_per_atom (eV), forces [n,3] (eV/Å), stress [3,3] (eV/Å^3, ASE sign; None unless 3D periodic),
 max_force (eV/Å), steps, converged.
 """
@@ -25,7 +25,7 @@ import torch
 from ase import Atoms
 
 from .dynamics import batch_atoms
-from .static_step import StaticStep
+from ..static_step import StaticStep
 
 FIRE_DEFAULTS = dict(dt=0.1, maxstep=0.2, dtmax=1.0, Nmin=5, finc=1.1, fdec=0.5, astart=0.1, fa=0.99)
 

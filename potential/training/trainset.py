@@ -24,7 +24,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 import data
 from data.stats import energy_shift_scale, is_isolated_atom, mean_num_neighbors, reference_energies
-from potential.config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig
 
 __all__ = ["TrainData", "prepare_data", "data_statistics", "element_number"]
 

@@ -32,7 +32,7 @@ import ase
 import ase.io
 import numpy as np
 
-from .evaluate import as_structure, evaluate
+from ..evaluate import as_structure, evaluate
 
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".xyz", ".extxyz", ".csv")
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -129,7 +129,7 @@ def screen(
     if not relax:
         return atoms_out, results
 
-    from . import Calculator
+    from ..calculator import Calculator
 
     todo = [i for i, r in enumerate(results) if r["error"] is None]
     bar = None
@@ -139,7 +139,7 @@ def screen(
         bar = tqdm(total=len(todo), unit="struct", desc="relax", disable=None)
     for r in results:
         r.update(initial_energy=r["energy"], steps=0, converged=False)
-    if engine == "gpu":  # all good structures at once, FIRE state per structure (potential.fire)
+    if engine == "gpu":  # all good structures at once, FIRE state per structure (potential.simulation.fire)
         _relax_batched(model, atoms_out, results, todo, fmax, max_steps, skin, batch_atoms)
         todo = []
     for i in todo:
@@ -162,7 +162,7 @@ def screen(
 
 
 def _relax_batched(model, atoms_out, results, todo, fmax, max_steps, skin, batch_atoms) -> None:
-    """Relax atoms_out[i] for i in todo with potential.fire.relax_batch; a failure is recorded on each of them."""
+    """Relax atoms_out[i] for i in todo with potential.simulation.fire.relax_batch; a failure is recorded on each of them."""
     from .fire import relax_batch
 
     try:
