@@ -30,6 +30,7 @@ from torch import nn
 
 import kernels
 
+from .config_tree import check
 from .irreps import Irreps
 from .layers import Interaction, LinearReadout, NonLinearReadout, ProductBasis, SpeciesEmbedding
 from .radial import BesselBasis, PolynomialEnvelope
@@ -77,23 +78,25 @@ class ModelConfig:
     backend: kernels backend ("auto" | "reference" | "triton").
     """
 
+    # The metadata checks are what train.py's `model:` section enforces (potential/config_tree.py);
+    # __post_init__ checks every value again for models built in Python or read from files.
     elements: list[int]
-    channels: int = 32
-    lmax: int = 1
-    lmax_sh: int = 3
-    correlation: int = 3
-    num_interactions: int = 2
-    r_max: float = 5.0
-    num_bessel: int = 8
-    envelope_p: int = 6
-    radial_hidden: tuple[int, ...] = (64, 64, 64)
-    readout_hidden: int = 16
-    avg_num_neighbors: float = 1.0
-    atomic_energies: list[float] = field(default_factory=list)
-    scale: float = 1.0
-    shift: float = 0.0
+    channels: int = field(default=32, metadata=check("positive"))
+    lmax: int = field(default=1, metadata=check("nonnegative"))            # hidden node features l <= lmax
+    lmax_sh: int = field(default=3, metadata=check("nonnegative"))         # edge spherical harmonics
+    correlation: int = field(default=3, metadata=check("positive"))        # body order of the product basis - 1
+    num_interactions: int = field(default=2, metadata=check("positive"))
+    r_max: float = field(default=5.0, metadata=check("positive"))          # Å; also the neighbour-list cutoff
+    num_bessel: int = field(default=8, metadata=check("positive"))
+    envelope_p: int = field(default=6, metadata=check("positive"))
+    radial_hidden: tuple[int, ...] = field(default=(64, 64, 64), metadata=check("positive"))
+    readout_hidden: int = field(default=16, metadata=check("positive"))
+    avg_num_neighbors: float = field(default=1.0, metadata=check("positive"))
+    atomic_energies: list[float] = field(default_factory=list)            # eV per element, aligned with elements
+    scale: float = field(default=1.0, metadata=check("positive"))          # eV
+    shift: float = 0.0                                                     # eV per atom
     dtype: str = "float64"
-    backend: str = "auto"
+    backend: str = "auto"                                                  # kernels backend: auto|reference|triton
 
     def __post_init__(self) -> None:
         def bad(key, value, why):

@@ -15,59 +15,55 @@ A structure is either a path to any ASE-readable file (the last frame is used, a
 from __future__ import annotations
 
 import dataclasses
-import math
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, Union
 
 import ase
 import ase.build
 import ase.io
 
-ENSEMBLES = ("nve", "nvt", "npt")
-THERMOSTATS = ("langevin", "bussi", "nose-hoover")
-BAROSTATS = ("mtk", "berendsen")
-DEVICES = ("cpu", "cuda")
-ENGINES = ("ase", "gpu")
+from ..config_tree import ConfigError, build, check, read_yaml
 
 
 @dataclasses.dataclass
 class MDConfig:
-    """One MD run. ``None`` in tdamp / pdamp means 100 / 1000 timesteps (ASE's advice)."""
+    """One MD run, read with the same mechanism as train.py's config (potential/config_tree.py): an unknown key or a
+    bad value is a ConfigError (a ValueError) quoting the key and the value. ``None`` in tdamp / pdamp means
+    100 / 1000 timesteps (ASE's advice)."""
 
-    model: str | None = None  # path to a tumbler model file
-    structure: str | dict | None = None  # path or build spec (module docstring)
-    ensemble: str = "nve"
-    thermostat: str | None = None  # nvt only; default "langevin"
-    barostat: str | None = None  # npt only; default "mtk" (isotropic MTK, Nose-Hoover chains)
-    temperature: float = 300.0  # K; initial Maxwell-Boltzmann velocities and target
+    model: Optional[str] = None  # path to a tumbler model file
+    structure: Union[str, dict[str, Any], None] = None  # path or build spec (module docstring)
+    ensemble: Literal["nve", "nvt", "npt"] = "nve"
+    thermostat: Optional[Literal["langevin", "bussi", "nose-hoover"]] = None  # nvt only; default "langevin"
+    barostat: Optional[Literal["mtk", "berendsen"]] = None  # npt only; default "mtk" (isotropic MTK, Nose-Hoover chains)
+    temperature: float = field(default=300.0, metadata=check("nonnegative"))  # K; initial velocities and target
     pressure: float = 0.0  # GPa, npt target
-    timestep: float = 1.0  # fs
-    steps: int = 1000
-    trajectory: str | None = None  # .traj (ase.io.Trajectory) or .xyz / .extxyz
-    log: str | None = None  # CSV text file, "-" for stdout
-    interval: int = 10  # steps between log lines and trajectory frames
-    device: str = "cpu"
-    seed: int = 0  # velocities and stochastic thermostats
-    friction: float = 0.01  # 1/fs, Langevin
-    tdamp: float | None = None  # fs, Bussi / Nose-Hoover / MTK / Berendsen thermostat time
-    pdamp: float | None = None  # fs, MTK / Berendsen barostat time
-    compressibility: float = 0.01  # 1/GPa, Berendsen barostat only (Cu: ~1/140)
-    skin: float = 1.0  # Å, Verlet-list skin of the calculator
-    threads: int | None = None  # torch intra-op threads; None = torch's default (1 is best for small CPU systems)
+    timestep: float = field(default=1.0, metadata=check("positive"))  # fs
+    steps: int = field(default=1000, metadata=check("nonnegative"))
+    trajectory: Optional[str] = None  # .traj (ase.io.Trajectory) or .xyz / .extxyz
+    log: Optional[str] = None  # CSV text file, "-" for stdout
+    interval: int = field(default=10, metadata=check("positive"))  # steps between log lines and trajectory frames
+    device: Literal["cpu", "cuda"] = "cpu"
+    seed: int = field(default=0, metadata=check("nonnegative"))  # velocities and stochastic thermostats
+    friction: float = field(default=0.01, metadata=check("positive"))  # 1/fs, Langevin
+    tdamp: Optional[float] = field(default=None, metadata=check("positive"))  # fs, thermostat time
+    pdamp: Optional[float] = field(default=None, metadata=check("positive"))  # fs, barostat time
+    compressibility: float = field(default=0.01, metadata=check("positive"))  # 1/GPa, Berendsen only (Cu: ~1/140)
+    skin: float = field(default=1.0, metadata=check("nonnegative"))  # Å, Verlet-list skin of the calculator
+    threads: Optional[int] = field(default=None, metadata=check("positive"))  # torch threads; None = torch's default
     progress: bool = True  # tqdm bar (shown on terminals only)
-    engine: str = "ase"  # "ase": ASE's integrators with potential.Calculator; "gpu": potential.simulation.dynamics (device-resident)
+    engine: Literal["ase", "gpu"] = "ase"  # "ase": ASE's integrators + potential.Calculator; "gpu": simulation.dynamics
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "MDConfig":
-        """Build from a mapping; unknown keys and bad values raise ValueError quoting them."""
-        prefix = f"{where}: " if where else ""
+        """Build from a mapping (a YAML file's, merged with md.py's flags); ConfigError names the bad key."""
         if not isinstance(d, dict):
-            raise ValueError(f"{prefix}expected a mapping of MD options, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in names:
-                raise ValueError(f"{prefix}unknown key {key!r}; known keys: {', '.join(sorted(names))}")
-        cfg = cls(**d)
+            raise ConfigError(f"{where or 'config'}: expected a mapping of MD options, got {type(d).__name__}")
+        try:
+            cfg = build(cls, d)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
         cfg.validate(where)
         return cfg
 
@@ -75,77 +71,22 @@ class MDConfig:
         return dataclasses.asdict(self)
 
     def validate(self, where: str = "config") -> None:
-        def bad(key, why):
-            raise ValueError(f"{where + ': ' if where else ''}{key}={getattr(self, key)!r} {why}")
-
-        def number(key, positive=False, nonneg=False, allow_none=False):
-            v = getattr(self, key)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                bad(key, "must be a finite number")
-            if positive and v <= 0:
-                bad(key, "must be > 0")
-            if nonneg and v < 0:
-                bad(key, "must be >= 0")
-
-        def integer(key, minimum):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                bad(key, f"must be an integer >= {minimum}")
-
-        def choice(key, options, allow_none=False):
-            v = getattr(self, key)
-            if v is None and allow_none:
-                return
-            if v not in options:
-                bad(key, f"must be one of {', '.join(options)}")
-
-        choice("ensemble", ENSEMBLES)
-        choice("thermostat", THERMOSTATS, allow_none=True)
-        choice("barostat", BAROSTATS, allow_none=True)
-        choice("device", DEVICES)
-        choice("engine", ENGINES)
-        number("temperature", nonneg=True)
-        number("pressure")
-        number("timestep", positive=True)  # fs
-        number("friction", positive=True)
-        number("tdamp", positive=True, allow_none=True)
-        number("pdamp", positive=True, allow_none=True)
-        number("compressibility", positive=True)
-        number("skin", nonneg=True)
-        integer("steps", 0)
-        integer("interval", 1)
-        integer("seed", 0)
-        if self.threads is not None:
-            integer("threads", 1)
-        for key in ("model", "trajectory", "log"):
-            if getattr(self, key) is not None and not isinstance(getattr(self, key), (str, Path)):
-                bad(key, "must be a path")
-        if not isinstance(self.progress, bool):
-            bad("progress", "must be true or false")
-        if self.structure is not None and not isinstance(self.structure, (str, Path, dict)):
-            bad("structure", "must be a path or a mapping such as {bulk: Cu, cubic: true, repeat: [3,3,3]}")
+        """Check every field (also of an MDConfig built in Python) and the rules that involve several fields."""
+        prefix = f"{where}: " if where else ""
+        try:
+            build(type(self), dataclasses.asdict(self))
+        except ConfigError as e:
+            raise ConfigError(prefix + str(e)) from None
         if self.ensemble in ("nvt", "npt") and self.temperature <= 0:
-            bad("temperature", f"must be > 0 K for ensemble {self.ensemble}")
+            raise ConfigError(f"{prefix}temperature: expected > 0 K for ensemble {self.ensemble}, got {self.temperature!r}")
         if self.trajectory is not None and Path(self.trajectory).suffix.lower() not in (".traj", ".xyz", ".extxyz"):
-            bad("trajectory", "must end in .traj (ASE trajectory), .xyz or .extxyz (extended XYZ)")
+            raise ConfigError(f"{prefix}trajectory: expected a name ending in .traj (ASE trajectory), .xyz or .extxyz "
+                              f"(extended XYZ), got {self.trajectory!r}")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read an MD YAML file into a plain mapping (validated later, after CLI overrides)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MD config file not found: {path}")
-    with open(path) as f:
-        d = yaml.safe_load(f)
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a mapping of MD options at top level, got {type(d).__name__}")
-    return d
+    """Read an MD YAML file into a plain mapping (checked later, after md.py's flags are merged in)."""
+    return read_yaml(path, what="md.py --config")
 
 
 _BUILD_KEYS = {

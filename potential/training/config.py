@@ -6,50 +6,36 @@ as YAML), and checks every key and value against the dataclasses below. An unkno
 ``training.lr: expected a positive float, got 'abc'``.
 
 Units follow the project: eV, Å, eV/Å, eV/Å^3. Relative paths are relative to the working directory.
-Fields marked "computed from data" in `ModelSection` are left `None` to be computed by the trainer;
-giving them overrides the data-derived value.
+The `model:` section is potential.ModelConfig's own fields (ModelSection, below); those in DATA_DERIVED are left
+`None` to be computed by the trainer, and giving them overrides the data-derived value. The mechanism (types,
+checks, overrides, error messages) is potential/config_tree.py, shared with md.py's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
-import yaml
+from ..config_tree import ConfigError, apply_overrides, build, check, dump, read_yaml, to_dict
+from ..model import ModelConfig
 
 __all__ = [
     "ConfigError", "GenerateConfig", "DataConfig", "ModelSection", "StageTwoConfig", "TrainingConfig",
     "TrainConfig", "load_config", "parse_config", "apply_overrides", "config_to_dict", "dump_config",
 ]
 
-
-class ConfigError(ValueError):
-    """A configuration (or input data) problem found before training starts."""
-
-
-def _check(kind: str, **extra) -> dict:
-    """Field metadata: `kind` is one of the value checks in `_CHECKS`."""
-    return {"check": kind, **extra}
-
-
-_CHECKS = {  # kind: (test, description with {} for the type name)
-    "positive": (lambda v: v > 0, "a positive {}"),
-    "nonnegative": (lambda v: v >= 0, "a non-negative {}"),
-    "fraction": (lambda v: 0 <= v < 1, "a {} in [0, 1)"),
-    "unit": (lambda v: 0 < v <= 1, "a {} in (0, 1]"),
-    "decay": (lambda v: 0 <= v < 1, "a {} in [0, 1)"),
-}
+config_to_dict = to_dict
+dump_config = dump
 
 
 @dataclass
 class GenerateConfig:
     """Synthetic data made on first use when `data.train` does not exist (the quickstart's EMT Cu set)."""
     kind: Literal["cu_emt"] = "cu_emt"
-    num_structures: int = field(default=200, metadata=_check("positive"))
+    num_structures: int = field(default=200, metadata=check("positive"))
     seed: int = 0
 
 
@@ -61,7 +47,7 @@ class DataConfig:
     valid: Optional[str] = None                  # None: split valid_fraction off the training file
     test: Optional[str] = None                   # evaluated once at the end with the best model
     isolated_atoms: Optional[str] = None         # single-atom energies (eV) -> reference energies E0
-    valid_fraction: float = field(default=0.1, metadata=_check("fraction"))
+    valid_fraction: float = field(default=0.1, metadata=check("fraction"))
     energy_key: str = "energy"                   # eV
     forces_key: str = "forces"                   # eV/Å
     stress_key: str = "stress"                   # eV/Å^3, ASE sign
@@ -69,26 +55,40 @@ class DataConfig:
     generate: Optional[GenerateConfig] = None
 
 
-@dataclass
-class ModelSection:
-    """Everything `potential.ModelConfig` takes; dtype comes from the top-level `dtype`."""
-    channels: int = field(default=32, metadata=_check("positive"))
-    lmax: int = field(default=1, metadata=_check("nonnegative"))           # hidden node features l <= lmax
-    lmax_sh: int = field(default=3, metadata=_check("nonnegative"))        # edge spherical harmonics
-    correlation: int = field(default=3, metadata=_check("positive"))       # body order of the product basis - 1
-    num_interactions: int = field(default=2, metadata=_check("positive"))
-    r_max: float = field(default=5.0, metadata=_check("positive"))         # Å; also the neighbor-list cutoff
-    num_bessel: int = field(default=8, metadata=_check("positive"))
-    envelope_p: int = field(default=6, metadata=_check("positive"))
-    radial_hidden: list[int] = field(default_factory=lambda: [64, 64, 64], metadata=_check("positive"))
-    readout_hidden: int = field(default=16, metadata=_check("positive"))
-    backend: str = "auto"                                                  # kernels backend: auto|reference|triton
-    # computed from data unless given:
-    elements: Optional[list[Union[int, str]]] = None                       # atomic numbers or symbols
-    atomic_energies: Optional[dict[Union[int, str], float]] = None         # eV per isolated atom, by element
-    avg_num_neighbors: Optional[float] = field(default=None, metadata=_check("positive"))
-    scale: Optional[float] = field(default=None, metadata=_check("positive"))   # eV (force RMS, eV/Å x 1 Å)
-    shift: Optional[float] = None                                           # eV per atom
+# The inputs the trainer computes from the training data (trainset.py) when the `model:` section leaves them out,
+# with the types the section accepts for them.
+DATA_DERIVED = {
+    "elements": Optional[list[Union[int, str]]],                 # atomic numbers or symbols
+    "atomic_energies": Optional[dict[Union[int, str], float]],   # eV per isolated atom, by element
+    "avg_num_neighbors": Optional[float],                        # mean neighbour count within r_max
+    "scale": Optional[float],                                    # eV (force RMS, eV/Å x 1 Å)
+    "shift": Optional[float],                                    # eV per atom
+}
+
+
+def _model_section():
+    """The `model:` section is ModelConfig's own fields (declared once, in potential/model.py, with their defaults
+    and checks), less `dtype` (the top-level `dtype`), and with the DATA_DERIVED ones None unless given.
+    Sequences are YAML lists here; ModelConfig makes them tuples."""
+    hints = typing.get_type_hints(ModelConfig)
+    fields = []
+    for f in dataclasses.fields(ModelConfig):
+        if f.name == "dtype":
+            continue
+        if f.name in DATA_DERIVED:
+            fields.append((f.name, DATA_DERIVED[f.name], field(default=None, metadata=f.metadata)))
+            continue
+        tp, default = hints[f.name], f.default
+        if typing.get_origin(tp) is tuple:
+            tp, default = list[typing.get_args(tp)[0]], list(default)
+        fields.append((f.name, tp, field(default_factory=lambda d=default: d.copy() if isinstance(d, list) else d,
+                                         metadata=f.metadata)))
+    section = dataclasses.make_dataclass("ModelSection", fields)
+    section.__module__ = __name__
+    return section
+
+
+ModelSection = _model_section()
 
 
 @dataclass
@@ -96,37 +96,37 @@ class StageTwoConfig:
     """A second stage (like MACE's SWA stage): after `start_epoch` epochs, or after `start_fraction` of
     max_epochs or of the time budget (whichever comes first), train with other loss weights at a constant `lr`
     (the scheduler stops). The best model is tracked anew from there, since the loss weights change."""
-    start_epoch: Optional[int] = field(default=None, metadata=_check("nonnegative"))
-    start_fraction: Optional[float] = field(default=None, metadata=_check("unit"))
-    energy_weight: float = field(default=1000.0, metadata=_check("nonnegative"))
-    forces_weight: float = field(default=100.0, metadata=_check("nonnegative"))
-    stress_weight: Optional[float] = field(default=None, metadata=_check("nonnegative"))  # None: keep stage one's
-    lr: float = field(default=1e-3, metadata=_check("positive"))
+    start_epoch: Optional[int] = field(default=None, metadata=check("nonnegative"))
+    start_fraction: Optional[float] = field(default=None, metadata=check("unit"))
+    energy_weight: float = field(default=1000.0, metadata=check("nonnegative"))
+    forces_weight: float = field(default=100.0, metadata=check("nonnegative"))
+    stress_weight: Optional[float] = field(default=None, metadata=check("nonnegative"))  # None: keep stage one's
+    lr: float = field(default=1e-3, metadata=check("positive"))
 
 
 @dataclass
 class TrainingConfig:
-    batch_size: int = field(default=5, metadata=_check("positive"))
-    valid_batch_size: Optional[int] = field(default=None, metadata=_check("positive"))  # None: batch_size
-    max_epochs: Optional[int] = field(default=100, metadata=_check("positive"))
-    time_budget_minutes: Optional[float] = field(default=None, metadata=_check("positive"))  # wall clock, all runs
+    batch_size: int = field(default=5, metadata=check("positive"))
+    valid_batch_size: Optional[int] = field(default=None, metadata=check("positive"))  # None: batch_size
+    max_epochs: Optional[int] = field(default=100, metadata=check("positive"))
+    time_budget_minutes: Optional[float] = field(default=None, metadata=check("positive"))  # wall clock, all runs
     optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = field(default=0.01, metadata=_check("positive"))
-    weight_decay: float = field(default=5e-7, metadata=_check("nonnegative"))
+    lr: float = field(default=0.01, metadata=check("positive"))
+    weight_decay: float = field(default=5e-7, metadata=check("nonnegative"))
     amsgrad: bool = True
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"
-    lr_factor: float = field(default=0.8, metadata=_check("unit"))         # plateau: lr *= lr_factor
-    patience: int = field(default=50, metadata=_check("nonnegative"))      # plateau: epochs without improvement
-    min_lr: float = field(default=0.0, metadata=_check("nonnegative"))     # plateau floor / cosine end
-    warmup_steps: int = field(default=0, metadata=_check("nonnegative"))   # linear warmup, optimizer steps
-    clip_grad_norm: Optional[float] = field(default=10.0, metadata=_check("positive"))
-    ema_decay: Optional[float] = field(default=0.99, metadata=_check("decay"))  # None: no EMA
-    energy_weight: float = field(default=1.0, metadata=_check("nonnegative"))   # on (eV/atom)^2
-    forces_weight: float = field(default=100.0, metadata=_check("nonnegative"))  # on (eV/Å)^2
-    stress_weight: float = field(default=1.0, metadata=_check("nonnegative"))    # on (eV/Å^3)^2
-    huber_delta: Optional[float] = field(default=None, metadata=_check("positive"))  # None: squared error
+    lr_factor: float = field(default=0.8, metadata=check("unit"))         # plateau: lr *= lr_factor
+    patience: int = field(default=50, metadata=check("nonnegative"))      # plateau: epochs without improvement
+    min_lr: float = field(default=0.0, metadata=check("nonnegative"))     # plateau floor / cosine end
+    warmup_steps: int = field(default=0, metadata=check("nonnegative"))   # linear warmup, optimizer steps
+    clip_grad_norm: Optional[float] = field(default=10.0, metadata=check("positive"))
+    ema_decay: Optional[float] = field(default=0.99, metadata=check("decay"))  # None: no EMA
+    energy_weight: float = field(default=1.0, metadata=check("nonnegative"))   # on (eV/atom)^2
+    forces_weight: float = field(default=100.0, metadata=check("nonnegative"))  # on (eV/Å)^2
+    stress_weight: float = field(default=1.0, metadata=check("nonnegative"))    # on (eV/Å^3)^2
+    huber_delta: Optional[float] = field(default=None, metadata=check("positive"))  # None: squared error
     stage_two: Optional[StageTwoConfig] = None
-    eval_every: int = field(default=1, metadata=_check("positive"))             # epochs between validations
+    eval_every: int = field(default=1, metadata=check("positive"))             # epochs between validations
 
 
 @dataclass
@@ -138,123 +138,8 @@ class TrainConfig:
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["float32", "float64"] = "float64"
-    num_workers: int = field(default=0, metadata=_check("nonnegative"))  # DataLoader workers (neighbor lists)
-    num_threads: Optional[int] = field(default=None, metadata=_check("positive"))  # torch CPU threads; None: torch's
-
-
-# ---------------------------------------------------------------------------------------------- parsing
-
-
-def _describe(tp) -> str:
-    origin = typing.get_origin(tp)
-    if tp is int:
-        return "an integer"
-    if tp is float:
-        return "a float"
-    if tp is bool:
-        return "true or false"
-    if tp is str:
-        return "a string"
-    if origin is Literal:
-        return "one of " + "|".join(str(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list (each {_describe(typing.get_args(tp)[0])})"
-    if origin is dict:
-        return "a mapping"
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return str(tp)
-
-
-def _convert(value: Any, tp, key: str, check: str | None) -> Any:
-    """Convert a YAML value to type `tp`; raise ConfigError quoting `key` and the value."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-
-    def bad(what: str | None = None):
-        what = what or _describe(tp)
-        if check and tp in (int, float):
-            what = _CHECKS[check][1].format("integer" if tp is int else "float")
-        return ConfigError(f"{key}: expected {what}, got {value!r}")
-
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, key, check)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0] if len(errors) == 1 else bad()
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise bad()
-        return _build(tp, value, key)
-    if origin is Literal:
-        if value not in args:
-            raise bad()
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        return [_convert(v, args[0], f"{key}[{i}]", check) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad()
-        return {_convert(k, args[0], f"{key}", None): _convert(v, args[1], f"{key}.{k}", check)
-                for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                value_num = float(value)
-            except ValueError:
-                raise bad() from None
-        elif isinstance(value, (int, float)):
-            value_num = value
-        else:
-            raise bad()
-        if tp is int:
-            if float(value_num) != int(value_num):
-                raise bad()
-            value_num = int(value_num)
-        else:
-            value_num = float(value_num)
-            if value_num != value_num or value_num in (float("inf"), float("-inf")):
-                raise bad()
-        if check and not _CHECKS[check][0](value_num):
-            raise bad()
-        return value_num
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def _build(cls, raw: dict, prefix: str):
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in raw.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in names:
-            raise ConfigError(f"unknown key '{key}' (valid keys{' in ' + prefix if prefix else ''}: "
-                              f"{', '.join(names)})")
-        kwargs[k] = _convert(v, hints[k], key, names[k].metadata.get("check"))
-    return cls(**kwargs)
+    num_workers: int = field(default=0, metadata=check("nonnegative"))  # DataLoader workers (neighbor lists)
+    num_threads: Optional[int] = field(default=None, metadata=check("positive"))  # torch CPU threads; None: torch's
 
 
 def _cross_check(cfg: TrainConfig) -> None:
@@ -285,58 +170,11 @@ def parse_config(raw: dict | None) -> TrainConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {raw!r}")
-    cfg = _build(TrainConfig, raw, "")
+    cfg = build(TrainConfig, raw)
     _cross_check(cfg)
     return cfg
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings to a nested dict in place (value parsed as YAML) and return it."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.lr=0.005")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot parse value {text!r} as YAML ({e})") from None
-        parts = key.split(".")
-        if not all(parts):
-            raise ConfigError(f"--set {item!r}: bad key {key!r}")
-        node = raw
-        for i, p in enumerate(parts[:-1]):
-            child = node.get(p)
-            if child is None:
-                child = node[p] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is not a section "
-                                  f"(it is {child!r})")
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read YAML from `path`, apply `overrides` (["training.lr=0.005", ...]) and check everything."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config: file not found: '{path}'")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {raw!r}")
-    return parse_config(apply_overrides(raw, list(overrides or [])))
-
-
-def config_to_dict(cfg) -> dict:
-    """Plain-dict form (YAML-safe) of a config dataclass."""
-    return dataclasses.asdict(cfg)
-
-
-def dump_config(cfg, path: str | Path) -> None:
-    """Write the resolved config as YAML (round-trips through `load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return parse_config(apply_overrides(read_yaml(path), list(overrides or [])))

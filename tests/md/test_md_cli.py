@@ -50,7 +50,7 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("ensemble: nve\ntemprature: 300\n")
     rc, err = run_cli(["--config", tmp_path / "bad.yaml"], capsys)
     assert rc == 2 and "'temprature'" in err
-    with pytest.raises(ValueError, match="thermostat='andersen' must be one of"):
+    with pytest.raises(ValueError, match="thermostat: expected one of langevin\\|bussi\\|nose-hoover.*got 'andersen'"):
         merge_options({"thermostat": "andersen"}, {}, "x")
 
 
@@ -64,7 +64,7 @@ def test_quickstart_config_is_valid():
 @pytest.mark.parametrize("timestep", [0.0, -1.0])
 def test_nonpositive_timestep(cu_model_file, tmp_path, capsys, timestep):
     rc, err = run_cli(["--model", cu_model_file, "--structure", "x.xyz", "--timestep", timestep], capsys)
-    assert rc == 2 and "timestep" in err and "> 0" in err
+    assert rc == 2 and "timestep: expected a positive float" in err
 
 
 def test_missing_model_file(tmp_path, capsys):
