@@ -66,6 +66,15 @@ def edge_vectors(pos, senders, receivers, shifts, cell, structure) -> torch.Tens
     return pos.index_select(0, senders) - pos.index_select(0, receivers) + row_times(shifts, lattice)
 
 
+def strained(positions: torch.Tensor, cell: torch.Tensor, structure: torch.Tensor):
+    """A zero strain eps [B, 3, 3] (a leaf that requires grad) and the positions [N, 3] and cell [B, 3, 3] under the
+    symmetric homogeneous deformation x -> x (I + sym(eps)) it stands for, structure [N] mapping atoms to cells.
+    dE/deps at eps = 0 is the virial (eV); divided by the volume it is the stress in ASE's sign convention."""
+    strain = torch.zeros(cell.shape[0], 3, 3, dtype=cell.dtype, device=cell.device, requires_grad=True)
+    sym = 0.5 * (strain + strain.transpose(1, 2))  # [B, 3, 3]
+    return strain, positions + row_times(positions, sym.index_select(0, structure)), cell + cell @ sym
+
+
 @dataclass
 class ModelConfig:
     """Hyperparameters of a Potential (all that is needed to rebuild it; saved in model files).
@@ -318,11 +327,7 @@ class Potential(nn.Module):
         strain = None
         pos, cell_eff = positions, cell
         if stress:
-            # symmetric homogeneous deformation x -> x (I + eps), applied to positions and lattice vectors
-            strain = torch.zeros(num_structures, 3, 3, dtype=dtype, device=positions.device, requires_grad=True)
-            sym = 0.5 * (strain + strain.transpose(1, 2))  # [B, 3, 3]
-            pos = positions + row_times(positions, sym.index_select(0, structure))
-            cell_eff = cell + cell @ sym
+            strain, pos, cell_eff = strained(positions, cell, structure)
 
         senders, receivers = batch.senders, batch.receivers  # [E]
         shifts = batch.cell_shifts.to(dtype)  # [E, 3] integer multiples of the lattice vectors

@@ -49,7 +49,7 @@ from kernels.fixed_species import grouped_contraction, triton_contraction
 from kernels.graph import by_degree
 
 from .device_neighbors import BatchNeighbors
-from .model import edge_vectors, row_times
+from .model import edge_vectors, strained
 
 EDGE_BUCKET = 256  # edge counts are padded to a multiple of this
 # Above 2 x EDGE_CHUNK padded edges (~35k Cu atoms at r_max 5 Å) the conv runs over chunks of EDGE_CHUNK edges
@@ -291,15 +291,12 @@ class StaticStep:
 
     def _compute_grad(self) -> dict:
         b, n = self.num_structures, self.num_atoms
-        dtype, structure = self.dtype, self.structure
+        structure = self.structure
         positions = self.positions.detach().requires_grad_(True)  # [N+1, 3]
         inputs = [positions]
         pos, cell = positions, self.cell
-        if self.stress:  # x -> x (I + sym(eps)), as Potential._forward
-            strain = torch.zeros(b + 1, 3, 3, dtype=dtype, device=self.device, requires_grad=True)
-            sym = 0.5 * (strain + strain.transpose(1, 2))  # [B+1, 3, 3]
-            pos = positions + row_times(positions, sym.index_select(0, structure))
-            cell = cell + cell @ sym
+        if self.stress:  # x -> x (I + sym(eps)), as Potential._forward; cell [B+1, 3, 3]
+            strain, pos, cell = strained(positions, cell, structure)
             inputs.append(strain)
         # active edges: the listed ones shorter than r_max, in list order (receiver-sorted), then padding
         inside = self._inside(self.positions)  # [E_pad]
