@@ -1,9 +1,15 @@
 """Shared test settings for every package's tests."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
-import torch
+
+# tests/builders.py (tiny models, small structures, the shared datasets) is importable from every test file
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from builders import one_torch_thread, shared_data_dir  # noqa: E402
 
 # Triton tiles take their measured defaults in the tests: autotuning (kernels/triton/autotune.py) would time
 # candidates of every new test shape, with tests running in parallel. tests/kernels/test_triton_autotune.py
@@ -12,10 +18,13 @@ os.environ.setdefault("TUMBLER_AUTOTUNE", "0")
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Test models and graphs are tiny: intra-op threads only add synchronisation, and on a busy 2-core runner
-    OpenMP threads spin-wait for each other (10-80x slower steps seen). One thread per test, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread_per_test():
+    """Test models and graphs are tiny: one intra-op thread per test, restored after (builders.one_torch_thread)."""
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared/data, or a skip saying it is absent."""
+    return shared_data_dir()

@@ -1,19 +1,7 @@
-"""Shared fixtures for tests/data. ../shared/data is located relative to the repo
-(/work/main/tests/data/conftest.py -> parents[3] = /work -> /work/shared/data)."""
-
-from pathlib import Path
+"""Shared fixtures for tests/data (the `shared_dir` fixture of ../shared/data is in tests/conftest.py)."""
 
 import numpy as np
 import pytest
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"../shared/data absent: {SHARED} not found (reference datasets are not part of the repo)")
-    return SHARED
 
 
 @pytest.fixture

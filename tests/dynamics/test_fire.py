@@ -12,7 +12,7 @@ from ase.optimize import FIRE
 from potential import Calculator
 from potential.simulation.fire import relax_batch
 
-from tumbler_dynamics_helpers import make_model
+from builders import tiny_model
 
 
 def candidates():
@@ -32,7 +32,7 @@ def candidates():
 
 @pytest.fixture(scope="module")
 def fire_model():
-    return make_model(scale=5.0)
+    return tiny_model(scale=5.0)
 
 
 def test_batched_fire_matches_ase_fire(fire_model):

@@ -11,14 +11,14 @@ from ase.build import molecule
 from potential.simulation.dynamics import Dynamics
 from potential.simulation.fire import relax_batch
 
-from tumbler_dynamics_helpers import cu_cubic, cu_triclinic, make_model, with_velocities
+from builders import cu_cubic, cu_triclinic, tiny_model, with_velocities
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_graph_replay_equals_cpu_eager():
-    cpu_model = make_model(elements=(1, 6, 8, 29), backend="auto")
-    gpu_model = make_model(elements=(1, 6, 8, 29), backend="auto").cuda()
+    cpu_model = tiny_model(elements=(1, 6, 8, 29), backend="auto")
+    gpu_model = tiny_model(elements=(1, 6, 8, 29), backend="auto").cuda()
     structures = [with_velocities(cu_cubic() * (2, 2, 2), 900, seed=1), with_velocities(cu_triclinic(), 600, seed=2),
                   with_velocities(molecule("CH3CH2OH"), 600, seed=3)]
     cpu = Dynamics(cpu_model, structures, timestep=2.0, skin=0.2)
@@ -33,7 +33,7 @@ def test_graph_replay_equals_cpu_eager():
 
 @pytest.mark.parametrize("thermostat", ["langevin", "baoab", "bussi"])
 def test_thermostats_run_in_graphs(thermostat):
-    model = make_model(elements=(1, 8), scale=0.5).cuda()
+    model = tiny_model(elements=(1, 8), scale=0.5).cuda()
     targets = np.array([300.0] * 16 + [900.0] * 16)
     replicas = [with_velocities(molecule("H2O"), t, seed=k) for k, t in enumerate(targets)]
     dyn = Dynamics(model, replicas, timestep=1.0, thermostat=thermostat, temperature=targets, friction=0.1,
@@ -47,8 +47,8 @@ def test_thermostats_run_in_graphs(thermostat):
 
 def test_fire_on_gpu_matches_cpu():
     structures = [cu_cubic(rattle=0.15), molecule("H2O")]
-    cpu = relax_batch(make_model(scale=5.0), [a.copy() for a in structures], fmax=0.01, max_steps=100)
-    gpu = relax_batch(make_model(scale=5.0).cuda(), [a.copy() for a in structures], fmax=0.01, max_steps=100)
+    cpu = relax_batch(tiny_model(scale=5.0), [a.copy() for a in structures], fmax=0.01, max_steps=100)
+    gpu = relax_batch(tiny_model(scale=5.0).cuda(), [a.copy() for a in structures], fmax=0.01, max_steps=100)
     for c, g in zip(cpu, gpu):
         assert c["steps"] == g["steps"] and c["converged"] == g["converged"]
         assert c["energy"] == pytest.approx(g["energy"], abs=1e-8)
@@ -59,7 +59,7 @@ def test_set_cell_with_a_captured_graph():
     import data
     from potential.static_step import StaticStep
 
-    model = make_model().cuda()
+    model = tiny_model().cuda()
     atoms_list = [cu_cubic() * (2, 1, 1), cu_triclinic()]
     batch = data.Batch.from_atoms(atoms_list, model.r_max, device="cuda")
     step = StaticStep(model, batch.numbers, batch.ptr, batch.cell, batch.pbc, skin=0.5, stress=True)
@@ -81,7 +81,7 @@ def test_chunked_step_captures_and_equals_unchunked():
     from potential.calculator import Calculator
     from potential.static_step import StaticStep
 
-    model = make_model(elements=(29,), backend="auto").cuda()
+    model = tiny_model(elements=(29,), backend="auto").cuda()
     atoms = cu_cubic() * (3, 3, 3)
     atoms.rattle(0.05, seed=4)
     x = torch.tensor(atoms.positions, device="cuda")

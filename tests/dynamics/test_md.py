@@ -19,7 +19,7 @@ from ase.md.verlet import VelocityVerlet
 from potential import Calculator
 from potential.simulation.dynamics import Dynamics
 
-from tumbler_dynamics_helpers import cu_cubic, cu_triclinic, with_velocities
+from builders import cu_cubic, cu_triclinic, with_velocities
 
 DT = 2.0  # fs
 SKIN = 0.3  # Å: small, so 100 steps at 600 K rebuild the lists several times
@@ -120,9 +120,9 @@ def test_bussi_matches_ase_with_the_same_random_numbers(model):
 def test_thermostats_reach_per_replica_temperatures(thermostat):
     """16 replicas of a small molecule at 200 K and 600 K: the mean kinetic temperature of each group over the
     second half of the run is its target (statistical tolerance)."""
-    from tumbler_dynamics_helpers import make_model
+    from builders import tiny_model
 
-    model = make_model(elements=(1, 8), scale=0.5, num_bessel=4, radial_hidden=[4])
+    model = tiny_model(elements=(1, 8), scale=0.5, num_bessel=4, radial_hidden=[4])
     water = molecule("H2O")
     targets = np.array([200.0] * 8 + [600.0] * 8)
     replicas = [with_velocities(water.copy(), t, seed=k) for k, t in enumerate(targets)]

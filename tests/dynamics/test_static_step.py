@@ -13,7 +13,7 @@ import torch
 import data
 from potential.static_step import StaticStep
 
-from tumbler_dynamics_helpers import make_model, structures
+from builders import mixed_structures, tiny_model
 
 ATOL = 1e-10
 
@@ -39,8 +39,8 @@ def assert_same(out, ref, stress=True):
 @pytest.mark.parametrize("overrides", [{}, dict(lmax=2, lmax_sh=3, correlation=3, num_interactions=2),
                                        dict(lmax=0, lmax_sh=1, correlation=1)])
 def test_padded_step_equals_eager_forward(overrides):
-    model = make_model(**overrides)
-    atoms_list = structures()
+    model = tiny_model(**overrides)
+    atoms_list = mixed_structures()
     step, positions = static_for(model, atoms_list, skin=0.7, stress=True)
     out = step(positions)
     assert step.num_pad_edges > step.num_edges > 0  # padding present, and the list has a skin
@@ -50,7 +50,7 @@ def test_padded_step_equals_eager_forward(overrides):
 
 
 def test_padding_amount_does_not_change_results(model):
-    atoms_list = structures()
+    atoms_list = mixed_structures()
     small, positions = static_for(model, atoms_list, skin=0.0, stress=True, headroom=1.0)
     large, _ = static_for(model, atoms_list, skin=0.0, stress=True, headroom=4.0)
     a, b = small(positions), large(positions)
@@ -60,7 +60,7 @@ def test_padding_amount_does_not_change_results(model):
 
 
 def test_verlet_reuse_rebuild_and_bucket_overflow(model):
-    atoms_list = structures()
+    atoms_list = mixed_structures()
     step, positions = static_for(model, atoms_list, skin=0.6, stress=True, headroom=1.0)
     step(positions)
     assert step.rebuilds == 1
@@ -114,7 +114,7 @@ def test_active_edges_skip_the_skin_and_grow_without_a_rebuild(model):
 
 def test_cell_change_is_seen(model):
     """NPT-like strain of a triclinic cell without moving atoms beyond the skin: set_cell forces a rebuild."""
-    atoms_list = structures()[:2]
+    atoms_list = mixed_structures()[:2]
     step, positions = static_for(model, atoms_list, skin=0.5, stress=True)
     step(positions)
     strained = [a.copy() for a in atoms_list]
@@ -170,9 +170,9 @@ from ase.build import molecule
 import data
 from potential.static_step import StaticStep
 sys.path.insert(0, %r)
-from conftest import make_model
+from builders import tiny_model
 device = "cuda" if torch.cuda.is_available() else "cpu"
-model = make_model().to(device)
+model = tiny_model().to(device)
 atoms_list = [molecule("H2O"), molecule("CH4")]
 batch = data.Batch.from_atoms(atoms_list, model.r_max, device=device)
 step = StaticStep(model, batch.numbers, batch.ptr, batch.cell, batch.pbc, skin=0.3, contraction="triton")
@@ -181,7 +181,7 @@ assert step.contraction == "triton"
 torch.testing.assert_close(out["energy"], ref["energy"], rtol=0, atol=1e-10)
 torch.testing.assert_close(out["forces"], ref["forces"], rtol=0, atol=1e-10)
 print("ok")
-""" % str(Path(__file__).parent)
+""" % str(Path(__file__).parents[1])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"

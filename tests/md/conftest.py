@@ -7,44 +7,27 @@ MD on it is physical: fcc Cu is bound near EMT's lattice constant, atoms repel a
 300-600 K dynamics stay on the lattice (force RMSE ~0.15 eV/Å on the fit set).
 ``random_model`` has random weights, for tests where only the plumbing matters.
 
-Torch runs single-threaded here: these graphs are tiny, and two intra-op threads on a busy 2-core
-machine spin-wait each other (10-30x slower steps).
+The session fixtures run on one torch thread (builders.one_torch_thread): the per-test autouse fixture does not
+cover a session fixture's setup.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import pytest
 import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from builders import one_torch_thread, tiny_config
 
-SMALL = dict(channels=8, lmax=1, lmax_sh=2, correlation=2, num_interactions=1, num_bessel=6,
-             radial_hidden=(16, 16), readout_hidden=8, dtype="float64", backend="reference")
 R_MAX = 4.5
 CU_A = 3.59  # EMT's fcc Cu lattice constant (Å)
 FIT_EPOCHS = 100  # full-batch Adam epochs of the EMT fit (~0.1 s each on one core)
 
 
 def small_config(elements=(29,), r_max=R_MAX, **overrides):
-    from potential import ModelConfig
-
-    d = dict(SMALL, elements=list(elements), r_max=r_max, avg_num_neighbors=40.0,
-             atomic_energies=[0.0 for _ in elements])
-    d.update(overrides)
-    return ModelConfig.from_dict(d)
-
-
-@contextlib.contextmanager
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    """builders.tiny_config with a wider radial MLP (16, 16), r_max 4.5 Å and 40 neighbours on average."""
+    return tiny_config(elements, **{"radial_hidden": [16, 16], "r_max": r_max, "avg_num_neighbors": 40.0, **overrides})
 
 
 def emt_structures(n: int = 16, seed: int = 0):
@@ -93,7 +76,7 @@ def cu_model():
     e_iso = float(Atoms("Cu", calculator=EMT()).get_potential_energy())  # 3.51 eV: EMT's zero is the crystal
     shift = float(np.mean([s.energy / len(s) for s in train])) - e_iso  # eV/atom, binding
     scale = float(np.sqrt(np.mean([(s.forces**2).mean() for s in train])))  # eV/Å ~ eV per readout unit
-    with one_thread():
+    with one_torch_thread():
         torch.manual_seed(0)
         model = Potential(small_config(atomic_energies=[e_iso], shift=shift, scale=scale))
         model.fit_force_rmse = fit_to_emt(model, train, FIT_EPOCHS)

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import tiny_config
 
 ELEMENTS = [1, 6, 8]  # H, C, O
 R_MAX = 3.0  # Å: small, so the tiny test structures have few edges
 
-BASE = dict(elements=ELEMENTS, channels=8, lmax=1, lmax_sh=2, correlation=2, num_interactions=2, r_max=R_MAX,
-            num_bessel=6, radial_hidden=[8, 8], readout_hidden=8, avg_num_neighbors=6.0,
-            atomic_energies=[-13.6, -1029.5, -2041.3], scale=0.7, shift=-1.25, dtype="float64",
-            backend="reference")
+BASE = dict(num_interactions=2, r_max=R_MAX, avg_num_neighbors=6.0, atomic_energies=[-13.6, -1029.5, -2041.3],
+            scale=0.7, shift=-1.25)  # changed from builders.TINY
 
 CONFIGS = {
     "l1-2layers": {},
@@ -43,10 +42,10 @@ def load_properties():
 
 
 def build_model(seed: int = 0, **overrides):
-    from potential import ModelConfig, Potential
+    from potential import Potential
 
     torch.manual_seed(seed)
-    return Potential(ModelConfig.from_dict({**BASE, **overrides}))
+    return Potential(tiny_config(ELEMENTS, **{**BASE, **overrides}))
 
 
 @pytest.fixture(scope="session")
