@@ -66,6 +66,13 @@ def edge_vectors(pos, senders, receivers, shifts, cell, structure) -> torch.Tens
     return pos.index_select(0, senders) - pos.index_select(0, receivers) + row_times(shifts, lattice)
 
 
+def shift_gate(cutoff: torch.Tensor, receivers: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """tanh(n_i) [N]: n_i is the sum of the cutoff envelope [E] over atom i's edges (receivers [E]), so the gate is
+    0 exactly for an atom without neighbours and ~1 from about three neighbours on (module docstring)."""
+    coordination = torch.zeros(num_nodes, dtype=cutoff.dtype, device=cutoff.device).index_add(0, receivers, cutoff)
+    return torch.tanh(coordination)
+
+
 def strained(positions: torch.Tensor, cell: torch.Tensor, structure: torch.Tensor):
     """A zero strain eps [B, 3, 3] (a leaf that requires grad) and the positions [N, 3] and cell [B, 3, 3] under the
     symmetric homogeneous deformation x -> x (I + sym(eps)) it stands for, structure [N] mapping atoms to cells.
@@ -380,10 +387,18 @@ class Potential(nn.Module):
             m = interaction(h, edge_sh, edge_feats, graph, ops)  # [N, K_msg, C]
             h = product(m, h, species, ops)  # [N, K_hidden, C]
             site = site + readout(h)  # [N]
-        coordination = torch.zeros(num_nodes, dtype=cutoff.dtype, device=cutoff.device).index_add(0, receivers, cutoff)
-        gate = torch.tanh(coordination)  # [N], 0 exactly for an atom without neighbours
+        gate = shift_gate(cutoff, receivers, num_nodes)  # [N]
         shift = self.shift + self.species_shift[species].double()  # [N] eV/atom
         return self.atomic_energies[species] + shift * gate.double() + self.scale * site.double()
+
+    def shift_gates(self, batch) -> torch.Tensor:
+        """tanh(n_i) [N] float64 for the atoms of a data.Batch: the factor of the shift in E_i (module docstring),
+        so that dE/d species_shift[s] sums it over the atoms of element s. No gradients."""
+        with torch.no_grad():
+            vec = edge_vectors(batch.positions.to(self.dtype), batch.senders, batch.receivers,
+                               batch.cell_shifts.to(self.dtype), batch.cell.to(self.dtype), batch.batch)  # [E, 3] Å
+            cutoff = self.envelope(vec.norm(dim=-1))  # [E]
+            return shift_gate(cutoff, batch.receivers, batch.positions.shape[0]).double()
 
     def extra_repr(self) -> str:
         cfg = self.config

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-# tests/builders.py (tiny models, small structures, the shared datasets) is importable from every test file
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests/support/builders.py (tiny models, small structures, the shared datasets) is importable from every test
+# file. Its own folder goes on the path, not tests/, whose data/, kernels/ and potential/ would shadow the packages.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 from builders import one_torch_thread, shared_data_dir  # noqa: E402
 

@@ -181,7 +181,7 @@ assert step.contraction == "triton"
 torch.testing.assert_close(out["energy"], ref["energy"], rtol=0, atol=1e-10)
 torch.testing.assert_close(out["forces"], ref["forces"], rtol=0, atol=1e-10)
 print("ok")
-""" % str(Path(__file__).parents[1])
+""" % str(Path(__file__).parents[1] / "support")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"

@@ -1,6 +1,6 @@
 """Builders every test package shares: tiny models, small structures, the shared datasets' folder.
 
-tests/conftest.py puts this folder on sys.path, so any test file or conftest can `from builders import ...`
+tests/conftest.py puts this folder (tests/support) on sys.path, so any test file or conftest can `from builders import ...`
 (pytest's importlib mode gives test files no package path of their own).
 
 Tiny models are float64 on the reference ops (8 channels, lmax 1, harmonics l <= 2, correlation 2, one
@@ -23,7 +23,7 @@ TINY = dict(channels=8, lmax=1, lmax_sh=2, correlation=2, num_interactions=1, nu
             readout_hidden=8, dtype="float64", backend="reference")
 
 # ../shared/data beside the checkout (a developer's /work/shared, CI's copy beside its clone): never committed
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def shared_data_dir() -> Path:
