@@ -83,6 +83,7 @@ class ModelSection:
     radial_hidden: list[int] = field(default_factory=lambda: [64, 64, 64], metadata=_check("positive"))
     readout_hidden: int = field(default=16, metadata=_check("positive"))
     backend: str = "auto"                                                  # kernels backend: auto|reference|triton
+    tensor_product: Literal["cg", "gaunt"] = "cg"                          # docs/tensor_products.md
     # computed from data unless given:
     elements: Optional[list[Union[int, str]]] = None                       # atomic numbers or symbols
     atomic_energies: Optional[dict[Union[int, str], float]] = None         # eV per isolated atom, by element
