@@ -145,3 +145,29 @@ def test_specs_check_the_product_and_key_on_it():
     assert ga.num_weights < cg.num_weights
     assert ConvSpec(1, 1, 1) == ConvSpec(1, 1, 1, "cg")  # the default is Clebsch-Gordan
     assert math.isclose(float(np.linalg.norm(conv_coupling(ConvSpec(0, 0, 0, "gaunt"))[0])), 1.0)
+
+
+def test_even_step_chains_with_free_intermediate_weights_span_all_of_cg():
+    """What the gaunt product basis gives up is the weight per intermediate degree, not parity: chains of
+    even-sum (Gaunt-allowed) steps, each with its own weight, over every order of the factors, span the whole cg
+    space of our natural-parity features (here lmax_in = 3, l_out = 2, nu = 3: cg 14 paths, gaunt 9)."""
+    from kernels.cg import l_slice
+    from kernels.coupling import _chain_tensor, _chains
+
+    lmax_in, l_out, nu = 3, 2, 3
+    k = (lmax_in + 1) ** 2
+    columns = []
+    for ls in itertools.combinations_with_replacement(range(lmax_in + 1), nu):
+        for seq in sorted(set(itertools.permutations(ls))):
+            for inter in _chains(seq, l_out, even_steps=True):
+                full = np.zeros((2 * l_out + 1,) + (k,) * nu)
+                full[(slice(None),) + tuple(l_slice(l) for l in seq)] = _chain_tensor(seq, inter, l_out)
+                sym = sum(np.transpose(full, (0,) + tuple(1 + q for q in p)) for p in itertools.permutations(range(nu)))
+                columns.append(sym.ravel())
+    a = np.array(columns).T  # [M K^3, chains]
+    u_cg = coupling_basis(lmax_in, l_out, nu).reshape(a.shape[0], -1)
+    rank = np.linalg.matrix_rank(a, tol=1e-9 * np.linalg.norm(a, 2))
+    assert rank == u_cg.shape[1] == 14
+    q = np.linalg.qr(a)[0][:, :rank] if rank == a.shape[1] else np.linalg.svd(a, full_matrices=False)[0][:, :rank]
+    assert np.abs(u_cg - q @ (q.T @ u_cg)).max() < 1e-10  # the same space
+    assert coupling_basis(lmax_in, l_out, nu, "gaunt").shape[-1] == 9
