@@ -10,7 +10,7 @@ Conventions (all e3nn-compatible):
     (-i)^l phase), so it agrees with e3nn to float64 rounding, sign included. Frobenius norm 1.
     Equivariance: C[i,j,k] = sum D1[i,a] D2[j,b] D3[k,c] C[a,b,c] for every rotation.
 
-Tensor products (`ConvSpec.tensor_product`, every backend keys on the spec):
+Tensor products (`ConvSpec.tensor_product`; the tables below dispatch on it):
   "cg"     the Clebsch-Gordan product, wigner_3j per path.
   "gaunt"  the Gaunt product: the pointwise product of the two signals on the sphere, projected back, i.e.
            `gaunt_coefficients` = mean over the unit sphere of Y^l1 Y^l2 Y^l3. It is zero unless l1+l2+l3 is

@@ -6,7 +6,7 @@ l_out and a correlation order nu, `coupling_basis(lmax_in, l_out, nu)` is U [2l_
     natural parity under O(3) (so only input l tuples with sum(l) + l_out even appear);
   * symmetric under every permutation of the nu input axes;
   * orthonormal: sum over (m, i1..inu) of U[..., p] U[..., q] = delta_pq (Frobenius inner product);
-  * complete: the P tensors span all such maps.
+  * complete ("cg"): the P tensors span all such maps.
 Construction: for each multiset l1 <= ... <= lnu, couple left to right with wigner_3j through every chain
 of intermediate L (any L, intermediate parities are free), symmetrise over the permutations that keep the
 l sequence, Gram-Schmidt in that fixed order (drop tolerance 1e-8 on unit vectors), then embed into all
@@ -19,7 +19,7 @@ the pointwise product f_l1 ... f_lnu (f_l(u) = sum_m x[l, m] Y^l_m(u)), i.e. the
 Y^l_out Y^l1 ... Y^lnu. It is the sum over every chain of Gaunt coefficients (cg.gaunt_coefficients, even-sum
 steps only) with no free weight per intermediate L: the sphere product has no handle on the intermediate
 degrees. Blocks of different multisets are orthogonal, so the basis is these tensors normalised (same order,
-same embedding). It spans a subspace of the "cg" basis (tests/kernels/test_gaunt_coupling.py counts it;
+same embedding). It spans a subspace of the "cg" basis (tests/kernels/test_gaunt.py counts it;
 docs/tensor_products.md has the table). Note: chains of even-sum steps with a free weight per intermediate (and
 any order of the factors) would span the whole "cg" space for our natural-parity features; what Gaunt gives up
 in the product basis is the freedom to weight the intermediate couplings, not parity.
@@ -72,13 +72,15 @@ def _sphere_product(ls: tuple[int, ...], l_out: int) -> np.ndarray:
     """Mean over the unit sphere of Y^l_out Y^l1 ... Y^lnu, [2l_out+1, 2l1+1, ..., 2lnu+1]: the l_out part of
     the pointwise product of nu signals, as the sum over the even-step chains of Gaunt coefficients (the product
     f1 f2 expands in Y^L with coefficients gaunt_coefficients(l1, l2, L), then times f3, ...)."""
-    return sum(_chain_tensor(ls, inter, l_out, gaunt_coefficients) for inter in _chains(ls, l_out, True))
+    shape = (2 * l_out + 1,) + tuple(2 * l + 1 for l in ls)
+    return sum((_chain_tensor(ls, inter, l_out, gaunt_coefficients) for inter in _chains(ls, l_out, True)),
+               np.zeros(shape))
 
 
 def _gaunt_block_basis(ls: tuple[int, ...], l_out: int) -> list[np.ndarray]:
     """The Gaunt coupling of the sorted block ls, normalised ([] when the sphere product has no l_out part).
     Symmetric under the permutations that keep ls: pointwise products commute."""
-    t_ = _sphere_product(ls, l_out) if ls else np.zeros(0)
+    t_ = _sphere_product(ls, l_out)
     n = np.linalg.norm(t_)
     return [t_ / n] if n > 1e-10 else []
 

@@ -64,7 +64,7 @@ def _species(n, seed=8):
     return torch.randint(0, S - 1, (n,), generator=g).to(T.DEVICE)  # species S-1 is absent
 
 
-@pytest.mark.parametrize("lmaxes", [(2, 1, 3), (3, 1, 3)] + ([(3, 2, 3)] if T.GPU else []),
+@pytest.mark.parametrize("lmaxes", [(2, 1, 3), (3, 1, 3)],  # (3, 2, 3)'s second order compiles for minutes
                          ids=lambda s: "in{}-out{}-corr{}".format(*s))
 def test_contraction_matches_grid_to_second_order(lmaxes):
     spec = kernels.ContractionSpec(*lmaxes, tensor_product="gaunt")
