@@ -59,6 +59,16 @@ def test_conv_gradcheck_and_gradgradcheck():
     assert torch.autograd.gradgradcheck(f, args, fast_mode=not T.GPU)
 
 
+WIRING = ("the Triton contraction ran another form than the spec's: kernels autograd's planned_contraction must "
+          "build it with spec.tensor_product (docs/tensor_products.md, wiring note)")
+
+
+def _check_forward(spec, species, x, w):
+    """The forward alone first, so that a contraction form built without the product fails with its reason."""
+    ours = T.ops().symmetric_contraction(x.detach(), species, w.detach(), spec)
+    assert T.rel_err(ours, gaunt.grid_symmetric_contraction(x.detach(), species, w.detach(), spec)) < 1e-12, WIRING
+
+
 def _species(n, seed=8):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, S - 1, (n,), generator=g).to(T.DEVICE)  # species S-1 is absent
@@ -72,6 +82,7 @@ def test_contraction_matches_grid_to_second_order(lmaxes):
     species = _species(N_SC)
     x = T.randn(N_SC, spec.dim_in, C, seed=9, requires_grad=True)
     w = T.randn(S, spec.num_weights, C, seed=10, requires_grad=True)
+    _check_forward(spec, species, x, w)
     ours = _second_order(lambda a, b: T.ops().symmetric_contraction(a, species, b, spec), (x, w), 20)
     grid = _second_order(lambda a, b: gaunt.grid_symmetric_contraction(a, species, b, spec), (x, w), 20)
     for a, b in zip(ours, grid):
@@ -83,6 +94,7 @@ def test_contraction_gradcheck_and_gradgradcheck():
     species = _species(4)
     x = T.randn(4, spec.dim_in, 2, seed=11, requires_grad=True)
     w = T.randn(S, spec.num_weights, 2, seed=12, requires_grad=True)
+    _check_forward(spec, species, x, w)
     f = lambda a, b: T.ops().symmetric_contraction(a, species, b, spec)  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, w), fast_mode=not T.GPU)
     assert torch.autograd.gradgradcheck(f, (x, w), fast_mode=not T.GPU)
