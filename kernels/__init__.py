@@ -7,12 +7,15 @@ natural parity. Ops:
   symmetric_contraction(node_feats [N,K_in,C], species [N], weights [S,W,C], ContractionSpec) -> [N,K_out,C]
 The module-level ops are the "auto" backend (Triton on CUDA tensors when available, else the PyTorch
 reference); get_ops(name) picks one explicitly. Coupling conventions: kernels/cg.py, kernels/coupling.py.
+Each spec carries its tensor product ("cg" | "gaunt"); kernels/gaunt.py is the S2-grid form of the Gaunt one.
 """
 from .cg import (
+    TENSOR_PRODUCTS,
     ConvSpec,
     block_wigner_D,
     conv_coupling,
     conv_path_table,
+    gaunt_coefficients,
     l_slice,
     num_components,
     o3_allowed,
@@ -40,5 +43,5 @@ __all__ = [
     "ConvSpec", "ContractionSpec", "Graph", "make_graph", "get_ops", "Ops", "BACKENDS", "triton_available",
     "wigner_3j", "wigner_D", "block_wigner_D", "conv_coupling", "conv_path_table",
     "coupling_basis", "contraction_coupling", "contraction_path_table", "folded_coupling", "sorted_index_tuples",
-    "num_components", "l_slice", "triangle", "o3_allowed",
+    "num_components", "l_slice", "triangle", "o3_allowed", "TENSOR_PRODUCTS", "gaunt_coefficients",
 ]

@@ -267,7 +267,7 @@ def symmetric_contraction(node_feats, species, weights, spec):
 def planned_contraction(node_feats, weights, spec, plan):
     """The contraction with a species plan made beforehand (kernels/triton/contraction.py make_plan): no host
     reads, so it can be captured in a CUDA graph (kernels/fixed_species.py)."""
-    form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation)
+    form = _sc.base_form(spec.lmax_in, spec.lmax_out, spec.correlation, spec.tensor_product)
     weights = weights.to(node_feats.dtype)
     if not _records(node_feats, weights):
         return _sc.run_form(form, (2,), (node_feats, weights, None), plan)[0]

@@ -10,6 +10,14 @@ Conventions (all e3nn-compatible):
     (-i)^l phase), so it agrees with e3nn to float64 rounding, sign included. Frobenius norm 1.
     Equivariance: C[i,j,k] = sum D1[i,a] D2[j,b] D3[k,c] C[a,b,c] for every rotation.
 
+Tensor products (`ConvSpec.tensor_product`; the tables below dispatch on it):
+  "cg"     the Clebsch-Gordan product, wigner_3j per path.
+  "gaunt"  the Gaunt product: the pointwise product of the two signals on the sphere, projected back, i.e.
+           `gaunt_coefficients` = mean over the unit sphere of Y^l1 Y^l2 Y^l3. It is zero unless l1+l2+l3 is
+           even, so it keeps only the even-sum paths and drops the antisymmetric ones (the cross product
+           1o x 1o -> 1e). Our irreps all have natural parity, so every conv path is already even-sum, and the
+           Gaunt coefficient is wigner_3j times a positive per-path scalar (kappa below): after the path
+           normalisation the two conv tables are the same numbers (to float64 rounding).
 Conv path normalisation (the coefficient that `edge_conv` and every backend use, `conv_coupling`):
     CG_p = sqrt(2*l3+1) / sqrt(n_paths(l3)) * wigner_3j(l1, l2, l3)
   sqrt(2*l3+1): the path has unit Frobenius norm times sqrt(2*l3+1), so for component-normalised inputs
@@ -106,6 +114,35 @@ def wigner_3j(l1: int, l2: int, l3: int) -> np.ndarray:
     return out
 
 
+def gaunt_kappa(l1: int, l2: int, l3: int) -> float:
+    """The scalar of gaunt_coefficients = kappa * wigner_3j: sqrt((2l1+1)(2l2+1)(2l3+1)) |(l1 l2 l3; 0 0 0)|,
+    0 unless o3_allowed. (l1 l2 l3; 0 0 0) = (-1)^(l1-l2) <l1 0 l2 0|l3 0> / sqrt(2l3+1). Its sign in e3nn's real
+    basis is + (checked against the sphere integral in tests/kernels/test_gaunt.py)."""
+    if not o3_allowed(l1, l2, l3):
+        return 0.0
+    return math.sqrt((2 * l1 + 1) * (2 * l2 + 1)) * abs(_complex_cg(l1, 0, l2, 0, l3, 0))
+
+
+@functools.lru_cache(maxsize=None)
+def gaunt_coefficients(l1: int, l2: int, l3: int) -> np.ndarray:
+    """Real Gaunt coefficients [2l1+1, 2l2+1, 2l3+1] float64: the mean over the unit sphere of
+    Y^l1_a Y^l2_b Y^l3_c (component-normalised harmonics, so that the product of two signals f1 f2 has the
+    l3 coefficients sum_ab G[a, b, c] x1[a] x2[b]). = gaunt_kappa * wigner_3j; zero for odd l1+l2+l3.
+    kernels/gaunt.py computes the same integral on a quadrature grid (the test). Read-only (cached)."""
+    out = gaunt_kappa(l1, l2, l3) * wigner_3j(l1, l2, l3)
+    out.setflags(write=False)
+    return out
+
+
+TENSOR_PRODUCTS = ("cg", "gaunt")
+
+
+def check_tensor_product(owner: str, value) -> None:
+    """ValueError naming `owner` unless value is one of TENSOR_PRODUCTS."""
+    if value not in TENSOR_PRODUCTS:
+        raise ValueError(f"{owner}: tensor_product must be one of {', '.join(TENSOR_PRODUCTS)}, got {value!r}")
+
+
 def wigner_D(l: int, rotation: torch.Tensor) -> torch.Tensor:
     """Real Wigner D matrix [..., 2l+1, 2l+1] of orthogonal matrices `rotation` [..., 3, 3].
 
@@ -141,17 +178,20 @@ class ConvSpec:
 
     `paths`: the O(3)-allowed (l_in, l_sh, l_out), sorted by (l_out, l_in, l_sh), so the paths of one
     output l (and within it, of one input l) are contiguous; the path index p of `edge_weights[e, p, c]`
-    is the position in this list."""
+    is the position in this list. `tensor_product`: "cg" | "gaunt" (module docstring); both keep the same
+    paths (all even-sum), and their normalised couplings are equal."""
 
     lmax_in: int
     lmax_sh: int
     lmax_out: int
+    tensor_product: str = "cg"
 
     def __post_init__(self):
         for name in ("lmax_in", "lmax_sh", "lmax_out"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"ConvSpec: {name} must be an int >= 0, got {v!r}")
+        check_tensor_product("ConvSpec", self.tensor_product)
 
     @property
     def paths(self) -> list[tuple[int, int, int]]:
@@ -188,12 +228,17 @@ def _conv_paths(lmax_in: int, lmax_sh: int, lmax_out: int) -> tuple[tuple[int, i
 @functools.lru_cache(maxsize=None)
 def conv_coupling(spec: ConvSpec) -> tuple[np.ndarray, ...]:
     """Normalised coupling of every path: tuple over p of [2l1+1, 2l2+1, 2l3+1] float64
-    = sqrt(2l3+1) / sqrt(n_paths(l3)) * wigner_3j(l1, l2, l3) (see the module docstring)."""
+    = sqrt(2l3+1) / sqrt(n_paths(l3)) * T, T = wigner_3j(l1, l2, l3) ("cg", Frobenius norm 1) or
+    gaunt_coefficients(l1, l2, l3) / its norm ("gaunt"; the same tensor to rounding, as kappa > 0).
+    See the module docstring."""
     paths = spec.paths
     count = {l3: sum(1 for p in paths if p[2] == l3) for l3 in range(spec.lmax_out + 1)}
     out = []
     for l1, l2, l3 in paths:
-        c = wigner_3j(l1, l2, l3) * math.sqrt((2 * l3 + 1) / count[l3])
+        t = wigner_3j(l1, l2, l3)
+        if spec.tensor_product == "gaunt":
+            t = gaunt_coefficients(l1, l2, l3) / np.linalg.norm(gaunt_coefficients(l1, l2, l3))
+        c = t * math.sqrt((2 * l3 + 1) / count[l3])
         c.setflags(write=False)
         out.append(c)
     return tuple(out)

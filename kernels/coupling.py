@@ -6,12 +6,23 @@ l_out and a correlation order nu, `coupling_basis(lmax_in, l_out, nu)` is U [2l_
     natural parity under O(3) (so only input l tuples with sum(l) + l_out even appear);
   * symmetric under every permutation of the nu input axes;
   * orthonormal: sum over (m, i1..inu) of U[..., p] U[..., q] = delta_pq (Frobenius inner product);
-  * complete: the P tensors span all such maps.
+  * complete ("cg"): the P tensors span all such maps.
 Construction: for each multiset l1 <= ... <= lnu, couple left to right with wigner_3j through every chain
 of intermediate L (any L, intermediate parities are free), symmetrise over the permutations that keep the
 l sequence, Gram-Schmidt in that fixed order (drop tolerance 1e-8 on unit vectors), then embed into all
 permuted blocks. Gram-Schmidt in a fixed order (not an SVD) makes the basis a deterministic function of
 (lmax_in, l_out, nu), so saved weights mean the same thing on every machine.
+
+`tensor_product="gaunt"` (ContractionSpec.tensor_product): the Gaunt product basis, what multiplying the
+signals on the sphere computes. For each multiset l1 <= ... <= lnu, one coupling: the projection onto l_out of
+the pointwise product f_l1 ... f_lnu (f_l(u) = sum_m x[l, m] Y^l_m(u)), i.e. the mean over the sphere of
+Y^l_out Y^l1 ... Y^lnu. It is the sum over every chain of Gaunt coefficients (cg.gaunt_coefficients, even-sum
+steps only) with no free weight per intermediate L: the sphere product has no handle on the intermediate
+degrees. Blocks of different multisets are orthogonal, so the basis is these tensors normalised (same order,
+same embedding). It spans a subspace of the "cg" basis (tests/kernels/test_gaunt.py counts it;
+docs/tensor_products.md has the table). Note: chains of even-sum steps with a free weight per intermediate (and
+any order of the factors) would span the whole "cg" space for our natural-parity features; what Gaunt gives up
+in the product basis is the freedom to weight the intermediate couplings, not parity.
 
 Contraction normalisation (`contraction_coupling`, used by every backend):
     coeff tensor = sqrt(2 l_out + 1) / sqrt(P(l_out)) * U,   P(l_out) = sum over nu of the path counts,
@@ -27,31 +38,51 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cg import l_slice, num_components, wigner_3j
+from .cg import check_tensor_product, gaunt_coefficients, l_slice, num_components, wigner_3j
 
 
-def _chains(ls: tuple[int, ...], l_out: int):
-    """Every tuple of intermediates (L2, ..., L_{nu-1}) coupling ls left to right into l_out."""
+def _chains(ls: tuple[int, ...], l_out: int, even_steps: bool = False):
+    """Every tuple of intermediates (L2, ..., L_{nu-1}) coupling ls left to right into l_out (with even_steps,
+    only those whose every step l + l' + L is even, the ones Gaunt coefficients allow)."""
     def rec(current: int, t: int, acc: tuple[int, ...]):
         if t == len(ls):
             if current == l_out:
                 yield acc[:-1] if acc else acc
             return
         for new in range(abs(current - ls[t]), current + ls[t] + 1):
-            yield from rec(new, t + 1, acc + (new,))
+            if not even_steps or (current + ls[t] + new) % 2 == 0:
+                yield from rec(new, t + 1, acc + (new,))
     yield from rec(ls[0], 1, ())
 
 
-def _chain_tensor(ls: tuple[int, ...], inter: tuple[int, ...], l_out: int) -> np.ndarray:
-    """Left-to-right coupling [2l_out+1, 2l1+1, ..., 2lnu+1] through the intermediates `inter`."""
+def _chain_tensor(ls: tuple[int, ...], inter: tuple[int, ...], l_out: int, coefficients=wigner_3j) -> np.ndarray:
+    """Left-to-right coupling [2l_out+1, 2l1+1, ..., 2lnu+1] through the intermediates `inter`, each step
+    coupled by coefficients(l, l', L) [2l+1, 2l'+1, 2L+1] (wigner_3j, or cg.gaunt_coefficients)."""
     t_ = np.eye(2 * ls[0] + 1)  # [a (current coupled index), i1]
     targets = inter + (l_out,)
     current = ls[0]
     for l_next, target in zip(ls[1:], targets):
-        # T[c, i1..it, b] = sum_a T[a, i1..it] w3j[a, b, c]
-        t_ = np.einsum("a...,abc->c...b", t_, wigner_3j(current, l_next, target))
+        # T[c, i1..it, b] = sum_a T[a, i1..it] C[a, b, c]
+        t_ = np.einsum("a...,abc->c...b", t_, coefficients(current, l_next, target))
         current = target
     return t_
+
+
+def _sphere_product(ls: tuple[int, ...], l_out: int) -> np.ndarray:
+    """Mean over the unit sphere of Y^l_out Y^l1 ... Y^lnu, [2l_out+1, 2l1+1, ..., 2lnu+1]: the l_out part of
+    the pointwise product of nu signals, as the sum over the even-step chains of Gaunt coefficients (the product
+    f1 f2 expands in Y^L with coefficients gaunt_coefficients(l1, l2, L), then times f3, ...)."""
+    shape = (2 * l_out + 1,) + tuple(2 * l + 1 for l in ls)
+    return sum((_chain_tensor(ls, inter, l_out, gaunt_coefficients) for inter in _chains(ls, l_out, True)),
+               np.zeros(shape))
+
+
+def _gaunt_block_basis(ls: tuple[int, ...], l_out: int) -> list[np.ndarray]:
+    """The Gaunt coupling of the sorted block ls, normalised ([] when the sphere product has no l_out part).
+    Symmetric under the permutations that keep ls: pointwise products commute."""
+    t_ = _sphere_product(ls, l_out)
+    n = np.linalg.norm(t_)
+    return [t_ / n] if n > 1e-10 else []
 
 
 def _block_basis(ls: tuple[int, ...], l_out: int) -> list[np.ndarray]:
@@ -76,12 +107,14 @@ def _block_basis(ls: tuple[int, ...], l_out: int) -> list[np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def coupling_basis(lmax_in: int, l_out: int, nu: int) -> np.ndarray:
+def coupling_basis(lmax_in: int, l_out: int, nu: int, tensor_product: str = "cg") -> np.ndarray:
     """U [2l_out+1, K, ..., K (nu axes), P] float64, orthonormal symmetric equivariant couplings (see the
-    module docstring). Paths are ordered by multiset (l1 <= ... <= lnu, lexicographic), then by chain.
-    P may be 0. Read-only (cached)."""
+    module docstring). Paths are ordered by multiset (l1 <= ... <= lnu, lexicographic), then by chain
+    ("cg"; "gaunt" has at most one path per multiset). P may be 0. Read-only (cached)."""
     if nu < 1 or lmax_in < 0 or l_out < 0:
         raise ValueError(f"coupling_basis: need nu >= 1, lmax_in >= 0, l_out >= 0, got {nu}, {lmax_in}, {l_out}")
+    check_tensor_product("coupling_basis", tensor_product)
+    block_basis = _block_basis if tensor_product == "cg" else _gaunt_block_basis
     k = num_components(lmax_in)
     m = 2 * l_out + 1
     columns = []
@@ -90,7 +123,7 @@ def coupling_basis(lmax_in: int, l_out: int, nu: int) -> np.ndarray:
             continue
         blocks = set(itertools.permutations(range(nu)))
         n_blocks = len({tuple(ls[p[t]] for t in range(nu)) for p in blocks})
-        for q in _block_basis(ls, l_out):
+        for q in block_basis(ls, l_out):
             full = np.zeros((m,) + (k,) * nu)
             for p in blocks:  # block with l sequence (ls[p[0]], ..., ls[p[nu-1]]); repeats write equal values
                 index = (slice(None),) + tuple(l_slice(ls[p[t]]) for t in range(nu))
@@ -106,22 +139,26 @@ class ContractionSpec:
     """Symmetric contraction: input l <= lmax_in, output l <= lmax_out, correlation orders 1..correlation.
 
     Weight layout (`weights[species, w, channel]`): for l_out in 0..lmax_out, for nu in 1..correlation,
-    the P(l_out, nu) paths of coupling_basis(lmax_in, l_out, nu) in order; `blocks` gives the offsets."""
+    the P(l_out, nu) paths of coupling_basis(lmax_in, l_out, nu, tensor_product) in order; `blocks` gives the
+    offsets. tensor_product: "cg" (every symmetric equivariant coupling) | "gaunt" (the sphere products only, a
+    subspace with fewer weights; module docstring)."""
 
     lmax_in: int
     lmax_out: int
     correlation: int
+    tensor_product: str = "cg"
 
     def __post_init__(self):
         for name, low in (("lmax_in", 0), ("lmax_out", 0), ("correlation", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"ContractionSpec: {name} must be an int >= {low}, got {v!r}")
+        check_tensor_product("ContractionSpec", self.tensor_product)
 
     @property
     def blocks(self) -> tuple[tuple[int, int, int, int], ...]:
         """(l_out, nu, weight_offset, num_paths) for every (l_out, nu), in weight order."""
-        return _blocks(self.lmax_in, self.lmax_out, self.correlation)
+        return _blocks(self.lmax_in, self.lmax_out, self.correlation, self.tensor_product)
 
     @property
     def num_weights(self) -> int:
@@ -138,11 +175,11 @@ class ContractionSpec:
 
 
 @functools.lru_cache(maxsize=None)
-def _blocks(lmax_in: int, lmax_out: int, correlation: int) -> tuple[tuple[int, int, int, int], ...]:
+def _blocks(lmax_in: int, lmax_out: int, correlation: int, tensor_product: str) -> tuple[tuple[int, int, int, int], ...]:
     out, offset = [], 0
     for l_out in range(lmax_out + 1):
         for nu in range(1, correlation + 1):
-            n = coupling_basis(lmax_in, l_out, nu).shape[-1]
+            n = coupling_basis(lmax_in, l_out, nu, tensor_product).shape[-1]
             out.append((l_out, nu, offset, n))
             offset += n
     return tuple(out)
@@ -152,7 +189,7 @@ def _blocks(lmax_in: int, lmax_out: int, correlation: int) -> tuple[tuple[int, i
 def contraction_coupling(spec: ContractionSpec, l_out: int, nu: int) -> np.ndarray:
     """Normalised U [2l_out+1, K, ..., K, P] = sqrt(2l_out+1)/sqrt(P(l_out)) * coupling_basis (docstring)."""
     total = sum(n for lo, _, _, n in spec.blocks if lo == l_out)
-    u = coupling_basis(spec.lmax_in, l_out, nu)
+    u = coupling_basis(spec.lmax_in, l_out, nu, spec.tensor_product)
     out = u * math.sqrt((2 * l_out + 1) / total) if total else u.copy()
     out.setflags(write=False)
     return out

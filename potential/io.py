@@ -2,12 +2,14 @@
 
 Layout (format_version 1):
     {"format": "tumbler-model", "format_version": 1, "tumbler_version": str,
-     "config": ModelConfig.to_dict() (elements, E0s, scale, shift, dtype, ...),
+     "config": ModelConfig.to_dict() (elements, E0s, scale, shift, dtype, tensor_product, ...),
      "state_dict": weights and buffers on the CPU,
      "units": {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å^3"},
      "extra": user dict (plain Python data: metrics, training config, ...) or None}
 Files are written atomically (temp file in the same folder, fsync, os.replace) and read with
 ``torch.load(weights_only=True)``, so a model file can never run code.
+Config keys added after format version 1 was fixed default to the model that files written before them held:
+a file without "tensor_product" (written before the Gaunt option) loads as "cg".
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", back
     ``backend`` overrides the saved kernels backend (e.g. "reference" for a model saved with "triton")."""
     payload = read_model_file(path)
     config_dict = dict(payload["config"])
+    config_dict.setdefault("tensor_product", "cg")  # files from before the option were all Clebsch-Gordan
     if backend is not None:
         config_dict["backend"] = backend
     try:

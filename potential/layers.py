@@ -125,9 +125,9 @@ class Interaction(nn.Module):
     edge_chunk: int | None = None
 
     def __init__(self, lmax_in: int, lmax_sh: int, lmax_out: int, channels: int, num_basis: int,
-                 radial_hidden: Sequence[int], avg_num_neighbors: float):
+                 radial_hidden: Sequence[int], avg_num_neighbors: float, tensor_product: str = "cg"):
         super().__init__()
-        self.spec = kernels.ConvSpec(lmax_in, lmax_sh, lmax_out)
+        self.spec = kernels.ConvSpec(lmax_in, lmax_sh, lmax_out, tensor_product)
         self.lmax_in, self.lmax_sh, self.lmax_out = int(lmax_in), int(lmax_sh), int(lmax_out)
         self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
         self.linear_up = LinearPerL(lmax_in, channels)
@@ -165,7 +165,8 @@ class Interaction(nn.Module):
         return m
 
     def extra_repr(self) -> str:
-        return f"lmax_in={self.lmax_in}, lmax_sh={self.lmax_sh}, lmax_out={self.lmax_out}, paths={self.spec.num_paths}"
+        return (f"lmax_in={self.lmax_in}, lmax_sh={self.lmax_sh}, lmax_out={self.lmax_out}, paths={self.spec.num_paths}, "
+                f"tensor_product={self.spec.tensor_product}")
 
 
 class ProductBasis(nn.Module):
@@ -177,9 +178,9 @@ class ProductBasis(nn.Module):
     """
 
     def __init__(self, lmax_in: int, lmax_out: int, correlation: int, num_species: int, channels: int,
-                 skip_lmax: int | None):
+                 skip_lmax: int | None, tensor_product: str = "cg"):
         super().__init__()
-        self.spec = kernels.ContractionSpec(lmax_in, lmax_out, correlation)
+        self.spec = kernels.ContractionSpec(lmax_in, lmax_out, correlation, tensor_product)
         self.lmax_out = int(lmax_out)
         num_weights = self.spec.num_weights
         # [S, W, C], W(0, 1/W): each output is a sum of W products of O(1) features

@@ -24,6 +24,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
+from typing import Literal
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from .radial import BesselBasis, PolynomialEnvelope
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 BACKENDS = tuple(kernels.BACKENDS)  # "auto", "reference", "triton"
+TENSOR_PRODUCTS = tuple(kernels.TENSOR_PRODUCTS)  # "cg", "gaunt"
 MAX_Z = 118
 
 
@@ -91,7 +93,12 @@ class ModelConfig:
     r_max (Å); radial_hidden: widths of the radial MLP; readout_hidden: width of the last readout MLP;
     avg_num_neighbors: divides each conv sum; scale (eV), shift (eV/atom): see the module docstring;
     dtype: "float32" | "float64" (parameters and features; energies are always summed in float64);
-    backend: kernels backend ("auto" | "reference" | "triton").
+    backend: kernels backend ("auto" | "reference" | "triton");
+    tensor_product: "cg" | "gaunt", the product of the edge conv and of the product basis (kernels/cg.py,
+    kernels/coupling.py). Gaunt keeps only the even-sum (l1 + l2 + l3 even) couplings, the pointwise products of
+    signals on the sphere: in the conv that is every path of our natural-parity features (same model), in the
+    product basis it drops the couplings that weight intermediate degrees separately (fewer weights, a smaller
+    function space; docs/tensor_products.md). Files written before this option load as "cg".
     """
 
     # The metadata checks are what train.py's `model:` section enforces (potential/config_tree.py);
@@ -113,6 +120,7 @@ class ModelConfig:
     shift: float = 0.0                                                     # eV per atom
     dtype: str = "float64"
     backend: str = "auto"                                                  # kernels backend: auto|reference|triton
+    tensor_product: Literal["cg", "gaunt"] = "cg"                          # docs/tensor_products.md
 
     def __post_init__(self) -> None:
         def bad(key, value, why):
@@ -163,6 +171,8 @@ class ModelConfig:
             raise bad("dtype", self.dtype, f"must be one of {sorted(DTYPES)}")
         if self.backend not in BACKENDS:
             raise bad("backend", self.backend, f"must be one of {list(BACKENDS)}")
+        if self.tensor_product not in TENSOR_PRODUCTS:
+            raise bad("tensor_product", self.tensor_product, f"must be one of {list(TENSOR_PRODUCTS)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -215,9 +225,11 @@ class Potential(nn.Module):
             # that no path reaches (l_out <= l_in + l_sh)
             lmax_msg = min(max(config.lmax_sh, lmax), lmax_in + config.lmax_sh)
             self.interactions.append(Interaction(lmax_in, config.lmax_sh, lmax_msg, c, config.num_bessel,
-                                                 config.radial_hidden, config.avg_num_neighbors))
+                                                 config.radial_hidden, config.avg_num_neighbors,
+                                                 config.tensor_product))
             self.products.append(ProductBasis(lmax_msg, lmax_hidden, config.correlation, num_species, c,
-                                              skip_lmax=None if t == 0 else lmax_in))
+                                              skip_lmax=None if t == 0 else lmax_in,
+                                              tensor_product=config.tensor_product))
             self.readouts.append(NonLinearReadout(c, config.readout_hidden) if last else LinearReadout(c))
         self.to(dtype)  # parameters and float buffers; the energy references stay float64 (see _apply)
         self.set_backend(config.backend)
@@ -403,5 +415,6 @@ class Potential(nn.Module):
     def extra_repr(self) -> str:
         cfg = self.config
         return (f"elements={cfg.elements}, channels={cfg.channels}, lmax={cfg.lmax}, lmax_sh={cfg.lmax_sh}, "
-                f"correlation={cfg.correlation}, r_max={cfg.r_max}, dtype={cfg.dtype}, backend={self.backend}, "
+                f"correlation={cfg.correlation}, tensor_product={cfg.tensor_product}, r_max={cfg.r_max}, dtype={cfg.dtype}, "
+                f"backend={self.backend}, "
                 f"hidden={Irreps(cfg.lmax, cfg.channels)}")

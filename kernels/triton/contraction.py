@@ -21,9 +21,9 @@ from .tuning import knob
 
 
 @lru_cache(maxsize=None)
-def base_form(lmax_in: int, lmax_out: int, correlation: int) -> Form:
+def base_form(lmax_in: int, lmax_out: int, correlation: int, tensor_product: str = "cg") -> Form:
     from ..coupling import ContractionSpec, contraction_path_table
-    spec = ContractionSpec(lmax_in, lmax_out, correlation)
+    spec = ContractionSpec(lmax_in, lmax_out, correlation, tensor_product)
     return contraction_form(contraction_path_table(spec), spec.dim_in, spec.dim_out, spec.num_weights)
 
 
