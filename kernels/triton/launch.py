@@ -18,10 +18,11 @@ launch compiles the same source for the same target and options, so it finds the
 
 What a launch compiles is Triton's to decide: the specialisation of each argument (alignment, integer ranges), the
 compile options and the constexprs. `compile_ahead` asks Triton for it without restating its rules: it calls the
-kernel's public `warmup` with Triton's documented `knobs.runtime.jit_cache_hook` installed, which hands the hook
-the signature, constexprs, attributes and options that it is about to compile and skips the compilation when the
-hook returns True. Should a later Triton specialise differently, the worst case is a cache miss: the launch
-compiles in this process as it would without a precompile (tests/kernels/test_triton_model.py counts those on a GPU).
+kernel's public `warmup` with the hook of Triton's public configuration `triton.knobs.runtime.jit_cache_hook`
+installed, which Triton hands the signature, constexprs, attributes and options it is about to compile, and which
+skips the compilation by returning True. Should what a worker compiles differ from what the launch asks for, the
+cost is a cache miss, never a wrong launch: the launch compiles in this process, as without a precompile
+(tests/kernels/test_triton_launch.py and test_triton_model.py count those on a GPU).
 """
 from __future__ import annotations
 
@@ -89,13 +90,19 @@ def precompile(fn: Callable[[], object], workers: int | None = None) -> None:
 def compile_ahead(launches: list, workers: int) -> None:
     """Compile the launches (kernel, grid, args, meta) that this process has not compiled yet into Triton's on-disk
     cache, launching nothing: in forked worker processes through triton.compile with the GPU's target, largest
-    kernel source first; in this process, one by one through the kernels' warmup, where that is not possible or a
-    worker fails (with a warning). A launch that fails to compile is left to its real launch, which reports it."""
-    jobs = _specialisations(launches)
-    if not jobs:
+    kernel source first; in this process, one by one through the kernels' warmup, where that is not possible or
+    fails (with a warning). A launch that fails to compile is left to its real launch, which reports it."""
+    if not launches:
         return
+    try:
+        jobs = _specialisations(launches)
+    except Exception as exc:  # a Triton whose hook hands over something else: nothing is lost but the parallelism
+        warnings.warn(f"kernels/triton/launch.py: cannot read what Triton compiles for these launches "
+                      f"({type(exc).__name__}: {exc}); compiling in this process instead", RuntimeWarning, stacklevel=2)
+        jobs = [(None, launch) for launch in launches]
     target = _target()
-    if workers > 1 and len(jobs) > 1 and target is not None and _compile_in_workers(jobs, target, workers):
+    if workers > 1 and len(jobs) > 1 and target is not None and jobs[0][0] is not None \
+            and _compile_in_workers(jobs, target, workers):
         return
     for _, (kernel, grid, args, meta) in jobs:
         with contextlib.suppress(Exception):  # reported by its real launch

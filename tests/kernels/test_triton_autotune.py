@@ -7,7 +7,6 @@ and must give the reference's numbers.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
