@@ -76,7 +76,8 @@ def precompile(fn: Callable[[], object], workers: int | None = None) -> None:
 
     Measured on an H200 host with 16 CPUs (bench/first_use.py --cold, a 29-kernel force-training step, empty
     caches): the first step took 92.1 s with each kernel compiled at its first launch and 13.4 s with this pass in
-    forked workers (72.5 s in threads: Triton's compiler holds the GIL)."""
+    forked workers (72.5 s in threads: Triton's compiler holds the GIL). Those workers compiled through a warmup
+    under a patched Triton driver; these compile the same sources through triton.compile (not yet re-measured)."""
     if compiling():
         fn()
         return
