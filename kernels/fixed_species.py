@@ -95,10 +95,10 @@ def grouped_contraction(species: torch.Tensor, num_species: int):
 
 
 def triton_contraction(species: torch.Tensor, num_species: int, channels: int):
-    """The Triton contraction (kernels/autograd.py) with its species plan (triton/species_plan.py) made and checked
+    """The Triton contraction (kernels/triton/autograd.py) with its species plan (triton/species_plan.py) made and checked
     once here, not in every step.
     ImportError when Triton is unavailable."""
-    from . import autograd
+    from .triton import autograd
     from .triton import contraction as triton_sc
 
     plan = triton_sc.make_plan(species, num_species, channels)

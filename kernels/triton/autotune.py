@@ -4,8 +4,8 @@ Each launcher (conv.py, contraction.py) names its problem (kernel table, channel
 proposes a short list of tile configs: first the default measured on the H200 (bench/NOTES.md), then the
 alternatives that fit its register budget. The pruning happens there: a tile that spills or halves occupancy on
 sm_90 (bench/compile_report.py) is never proposed, so tuning compiles and times three to five candidates, not a
-grid. On the first call of a problem, `choose` compiles the candidates at once, in threads (`_compile`), times
-each with CUDA events (triton.testing.do_bench, median) and keeps the fastest.
+grid. On the first call of a problem, `choose` compiles the candidates at once, in worker processes (`_compile`,
+launch.compile_ahead), times each with CUDA events (triton.testing.do_bench, median) and keeps the fastest.
 
 Choices are remembered in memory and in one JSON file per GPU model and Triton version, so later processes launch
 the same tiles without timing again, and results stay bitwise identical from run to run. (Another tile can change
@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from .launch import compile_only, compiling
+from .launch import compile_ahead, compiling, recording
 from .tuning import knob
 
 _CHOICES: dict = {}  # (launcher, problem) -> config, in this process
@@ -100,15 +100,16 @@ def _gpu_name() -> str:
 
 
 def _compile(candidates: list, run: Callable) -> None:
-    """Compile every candidate at once, in threads (launch.compile_only: Triton's compiler and ptxas release the
-    GIL; two sm_90 compilations of the l<=3 sender pass took 13.6 s in two threads against 23.6 s one after the
-    other, on 2 cores). A candidate that fails to compile is left to its timed call, which reports it."""
-    with compile_only(len(candidates)):
+    """Compile every candidate at once, in worker processes (launch.compile_ahead; one after the other, the
+    candidates of the l<=3 sender pass take tens of seconds). A candidate that fails to compile is left to its timed
+    call, which reports it."""
+    with recording() as launches:
         for c in candidates:
             try:
                 run(c)
             except Exception:  # reported by its timed call
                 pass
+    compile_ahead(launches, len(launches))
 
 
 def _fastest(candidates: list, run: Callable, key: tuple) -> tuple:

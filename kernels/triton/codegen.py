@@ -16,11 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-# `_add` is the combine of our sums: tl.reduce(x, axis, _add) compiles exactly like tl.sum (which is this
-# reduce), and under TRITON_INTERPRET it maps to one numpy sum without re-patching the language on every
-# tl.sum call (a jitted helper), which dominated the interpreter's run time.
-_HEADER = ("import triton\nimport triton.language as tl\n"
-           "from triton.language.standard import _sum_combine as _add\n\n\n")
+# Sums are tl.sum (Triton 3.9's interpreter maps it to one numpy sum: the CPU kernel tests ran no slower than with
+# a reduce over Triton's private _sum_combine: 67 s against 83 s for tests/kernels/test_triton_contraction.py,
+# one run each on the shared 2-core CPU machine).
+_HEADER = "import triton\nimport triton.language as tl\n\n\n"
 _MODULES: dict[str, object] = {}
 
 

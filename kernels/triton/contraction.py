@@ -146,7 +146,7 @@ def run_form(form: Form, outs: tuple, tensors: tuple, plan: Plan) -> tuple:
             grid = (plan.nchunk, -(-C // bc))
             for part, comps in parts:
                 launch(_kernel(form, part, comps), grid, *ins, *(kargs[outs.index(s)] for s in part),
-                                plan.perm, plan.ptr, S, C, CH=plan.ch, NB=nb, BC=bc, SP2=next_pow2(S + 1), num_warps=nw)
+                       plan.perm, plan.ptr, S, C, CH=plan.ch, NB=nb, BC=bc, SP2=next_pow2(S + 1), num_warps=nw)
 
         # A form split into several kernels (MAX_MONOMIALS) keeps the default tile: tuning compiles every
         # candidate, and the largest forms take minutes each to compile (the second order at l<=3 -> l<=2).

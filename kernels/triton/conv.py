@@ -7,11 +7,6 @@ Shapes: h [N, K_in, C], Y [E, K_sh], R [E, P, C], g [N, K_out, C]; graph = kerne
     out[i, k3, c] = sum_{e -> i} sum_entries w * R[e, p, c] * h[send_e, k1, c] * Y[e, k2].
 The three launchers conv_recv, conv_send and conv_edge are the partial derivatives of that 4-linear
 form (conv_codegen.py); conv_sender fuses conv_send with conv_edge for backward passes that need both.
-
-The small passes (20k edges) are host-bound, so conv_recv and conv_sender remember each problem (`Problem`,
-keyed by shapes, dtypes and devices): from its third call on, a launch goes straight to the compiled kernel's
-launcher (launch.Direct) without argument checks, tile lookup or launch key; the conv's backward reaches its
-sender launch through the forward's Problem (measurements: bench/NOTES.md v17).
 """
 from __future__ import annotations
 
@@ -23,8 +18,8 @@ import torch
 from .codegen import cached_hash, cdiv, load_source, next_pow2
 from .conv_codegen import edge_kernel_source, node_kernel_source, sender_kernel_source
 from . import autotune
-from .launch import direct, launch
-from .tuning import PLANS, knob, knobs_changed  # noqa: F401 (knobs_changed: for the tests and bench/kernels.py)
+from .launch import launch
+from .tuning import knob, knobs_changed  # noqa: F401 (knobs_changed: for the tests and bench/kernels.py)
 
 
 @dataclass(frozen=True)
@@ -194,79 +189,26 @@ def _tile(env: str, launcher: str, problem: tuple, candidates, run, device) -> t
     return _forced(env, C) or autotune.choose(launcher, problem, candidates, run, device)
 
 
-_PTR = torch.Tensor.data_ptr
-_MAX_PLANS = 4096  # problems remembered at most (eager MD with a new edge count at each step makes new ones)
-
-
-class Problem:
-    """What the launchers remember about one problem (its key fixes the shapes, dtypes and devices, so every check,
-    integer and specialisation but the alignment): the state of its receiver pass and of its sender passes by
-    (need_Y, need_R). Each is None until a launch through `launch`, then False; at the next one it becomes the
-    launch.Direct that later calls take without a key, a tile lookup or a check. A shape seen once (eager MD
-    makes a new edge count at each step) thus costs no Direct."""
-
-    __slots__ = ("recv", "senders")
-
-    def __init__(self):
-        self.recv, self.senders = None, {}
-
-
-def _problem(key: tuple) -> Problem:
-    p = PLANS.get(key)
-    if p is None:
-        if len(PLANS) >= _MAX_PLANS:
-            PLANS.clear()
-        p = PLANS[key] = Problem()
-    return p
-
-
-def _next(plan, make):
-    """A launch's state after a launch through `launch` (Problem)."""
-    return make() if plan is False else False if plan is None else plan
-
-
-def conv_problem(h, Y, R, tab: ConvTable) -> Problem:
-    """The Problem of conv_recv(h, Y, R, graph, tab); handed to conv_sender, it stands for the sender passes of
-    the conv's own backward (ConvForm), whose g has the forward output's shape, dtype and device (the autograd
-    engine checks it) and whose graph is the forward's: that backward looks up no key."""
-    return _problem((tab, h.shape, Y.shape, R.shape, h.dtype, Y.dtype, R.dtype, h.device, Y.device, R.device))
-
-
-def conv_recv(h, Y, R, graph, tab: ConvTable, problem: Problem | None = None) -> torch.Tensor:
-    """out[i] = sum over edges into i: [N, K_in, C] x [E, K_sh] x [E, P, C] -> [N, K_out, C].
-    problem: conv_problem(h, Y, R, tab), if the caller has it."""
-    p = problem or conv_problem(h, Y, R, tab)
-    plan = p.recv
+def conv_recv(h, Y, R, graph, tab: ConvTable) -> torch.Tensor:
+    """out[i] = sum over edges into i: [N, K_in, C] x [E, K_sh] x [E, P, C] -> [N, K_out, C]."""
     N, _, C = h.shape
-    if not plan:  # a plan's problem holds shapes that passed these checks
-        E = Y.shape[0]
-        _check(h, (N, tab.K_in, C), "node_feats")
-        _check(Y, (E, tab.K_sh), "edge_sh")
-        _check(R, (E, tab.P, C), "edge_weights")
+    E = Y.shape[0]
+    _check(h, (N, tab.K_in, C), "node_feats")
+    _check(Y, (E, tab.K_sh), "edge_sh")
+    _check(R, (E, tab.P, C), "edge_weights")
     out = h.new_empty(N, tab.K_out, C)  # (new_empty: half the host time of torch.empty with dtype and device)
     if N == 0 or C == 0:
         return out
-    tensors = (h.contiguous(), Y.contiguous(), R.contiguous(), out, graph.recv_ptr, graph.recv_ptr, graph.senders)
-    if not (plan and plan(*map(_PTR, tensors))):
-        p.recv = _recv_launch(plan, tensors, tab)
-    return out
+    h, Y, R, kern = h.contiguous(), Y.contiguous(), R.contiguous(), _recv_kernel(tab)
 
-
-def _recv_launch(plan, tensors, tab):
-    """conv_recv's launch through `launch`, with the tile autotune chooses; returns the plan's next state."""
-    h, Y = tensors[:2]
-    N, _, C = h.shape
-    kern = _recv_kernel(tab)
-
-    def run(tile, how=launch):
+    def run(tile):
         be, bc, nw = tile
-        return how(kern, (N, cdiv(C, bc)), *tensors, C, BE=be, BC=bc, USE_PERM=False, num_warps=nw,
-                   num_stages=_stages())
+        launch(kern, (N, cdiv(C, bc)), h, Y, R, out, graph.recv_ptr, graph.recv_ptr, graph.senders, C, BE=be, BC=bc,
+               USE_PERM=False, num_warps=nw, num_stages=_stages())
 
-    tile = _tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(Y.shape[0])),
-                 lambda: recv_candidates(C, tab.K_out), run, h.device)
-    run(tile)
-    return _next(plan, lambda: run(tile, direct))
+    run(_tile("TUMBLER_CONV_RECV_CFG", "conv_recv", (tab.key, C, h.dtype, _size_class(N), _size_class(E)),
+              lambda: recv_candidates(C, tab.K_out), run, h.device))
+    return out
 
 
 def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
@@ -281,7 +223,7 @@ def conv_send(g, Y, R, graph, tab: ConvTable) -> torch.Tensor:
     def run(tile):
         be, bc, nw = tile
         launch(kern, (N, cdiv(C, bc)), g, Y, R, out, graph.send_ptr, graph.send_perm, graph.receivers, C,
-                        BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
+               BE=be, BC=bc, USE_PERM=True, num_warps=nw, num_stages=_stages())
 
     run(_tile("TUMBLER_CONV_NODE_CFG", "conv_send", (tab.key, C, g.dtype, _size_class(N), _size_class(Y.shape[0])),
               lambda: node_candidates(C, tab.K_in), run, g.device))
@@ -306,38 +248,36 @@ def conv_edge(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     def run(tile):
         be, bc, nw = tile
         launch(kern, (cdiv(E, be),), h, g, Y, R, dY if need_Y else h, dR if need_R else h, graph.senders,
-                        graph.receivers, E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
+               graph.receivers, E, C, BE=be, BC=bc, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw)
 
     run(_tile("TUMBLER_CONV_EDGE_CFG", "conv_edge", (tab.key, C, dt, _size_class(E), need_Y, need_R),
               lambda: edge_candidates(C, max(tab.K_in, tab.K_out)), run, dev))
     return dY, dR
 
 
-def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool, problem: Problem | None = None):
+def conv_sender(h, Y, R, g, graph, tab: ConvTable, need_Y: bool, need_R: bool):
     """dh = conv_send(g, Y, R) together with conv_edge's dY [E, K_sh] and dR [E, P, C] (None where not asked),
-    from one pass over the sender segments: g[recv_e] is gathered once per edge instead of once per kernel.
-    problem: the forward's conv_problem, from the conv's own backward (see there); else a key of its own."""
-    p = problem or _problem((conv_sender, tab, h.shape, Y.shape, R.shape, g.shape, graph.senders.shape, h.dtype,
-                             Y.dtype, R.dtype, g.dtype, h.device, Y.device, R.device, g.device))
-    plan = p.senders.get((need_Y, need_R))
+    from one pass over the sender segments: g[recv_e] is gathered once per edge instead of once per kernel."""
     N, _, C = h.shape
     E = graph.senders.shape[0]
-    if not plan:
-        _check(g, (N, tab.K_out, C), "grad_out")
+    _check(g, (N, tab.K_out, C), "grad_out")
     dh = h.new_empty(N, tab.K_in, C)
     dR = h.new_empty(E, tab.P, C) if need_R else None
     if N == 0 or C == 0 or E == 0:
         dh.zero_()
         return dh, (h.new_zeros(E, tab.K_sh) if need_Y else None), dR
-    h, g, Y, R = h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous()
-    if plan:  # _dY_parts and _sender_tensors, inlined (host time)
-        ncb = cdiv(C, plan.meta["BC"])
-        parts = (h.new_empty((E, tab.K_sh) if ncb == 1 else (ncb, E, tab.K_sh))) if need_Y else None
-        if plan(h.data_ptr(), g.data_ptr(), Y.data_ptr(), R.data_ptr(), dh.data_ptr(),
-                (parts if need_Y else dh).data_ptr(), (dR if need_R else dh).data_ptr(), graph.send_order.data_ptr(),
-                graph.send_ptr.data_ptr(), graph.send_perm.data_ptr(), graph.receivers.data_ptr()):
-            return dh, (parts if ncb == 1 or not need_Y else parts.sum(0)), dR
-    dY, p.senders[need_Y, need_R] = _sender_launch(plan, (h, g, Y, R, dh, dR, graph), tab, need_Y, need_R)
+    h, g, Y, R, kern = h.contiguous(), g.contiguous(), Y.contiguous(), R.contiguous(), _sender_kernel(tab)
+
+    def run(tile):
+        be, bc, nw = tile
+        parts = _dY_parts(h, E, C, tab, bc, need_Y)
+        launch(kern, (N, cdiv(C, bc)), *_sender_tensors(h, g, Y, R, dh, parts, dR, graph), E, C, BE=be, BC=bc,
+               NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
+        return _dY(parts)
+
+    problem = (tab.key, C, h.dtype, _size_class(N), _size_class(E), need_Y, need_R)
+    dY = run(_tile("TUMBLER_CONV_NODE_CFG", "conv_sender", problem, lambda: node_candidates(C, tab.K_in), run,
+                   h.device))
     return dh, dY, dR
 
 
@@ -358,22 +298,3 @@ def _sender_tensors(h, g, Y, R, dh, parts, dR, graph) -> tuple:
     """The sender kernel's tensor arguments in parameter order (an output not asked for: any pointer, unwritten)."""
     return (h, g, Y, R, dh, dh if parts is None else parts, dh if dR is None else dR, graph.send_order,
             graph.send_ptr, graph.send_perm, graph.receivers)
-
-
-def _sender_launch(plan, inputs, tab, need_Y: bool, need_R: bool):
-    """conv_sender's launch through `launch`, with the tile autotune chooses; returns dY and the plan's next state."""
-    h, g, Y, R, dh, dR, graph = inputs
-    N, _, C = h.shape
-    E = graph.senders.shape[0]
-    kern = _sender_kernel(tab)
-
-    def run(tile, how=launch):
-        be, bc, nw = tile
-        parts = _dY_parts(h, E, C, tab, bc, need_Y)
-        d = how(kern, (N, cdiv(C, bc)), *_sender_tensors(h, g, Y, R, dh, parts, dR, graph), E, C, BE=be, BC=bc,
-                NEED_H=True, NEED_Y=need_Y, NEED_R=need_R, num_warps=nw, num_stages=_stages())
-        return d if how is direct else _dY(parts)
-
-    problem = (tab.key, C, h.dtype, _size_class(N), _size_class(E), need_Y, need_R)
-    tile = _tile("TUMBLER_CONV_NODE_CFG", "conv_sender", problem, lambda: node_candidates(C, tab.K_in), run, h.device)
-    return run(tile), _next(plan, lambda: run(tile, direct))

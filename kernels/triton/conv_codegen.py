@@ -77,7 +77,7 @@ def node_kernel_source(name: str, terms, KX: int, KY: int, P: int, KO: int) -> s
         L.append(f"        acc{o} += r{p} * ({' + '.join(parts)})")
     L.append(f"    orow = OUT + node * ({KO} * C) + c")
     for o in range(KO):
-        val = f"tl.reduce(acc{o}, 0, _add)" if o in outs else "tl.zeros([BC], dt)"
+        val = f"tl.sum(acc{o}, 0)" if o in outs else "tl.zeros([BC], dt)"
         L.append(f"    tl.store(orow + {o} * C, {val}, mask=cm)")
     return "\n".join(L) + "\n"
 
@@ -156,7 +156,7 @@ def edge_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int) -> s
     for p in used_p:
         L.append(f"            r{p} = tl.load(R + rrow + {p} * C, mask=m2, other=0.0)")
     for b in used_b:
-        L.append(f"            dy{b} += tl.reduce({_dY_source(by_b, b)}, 1, _add)")
+        L.append(f"            dy{b} += tl.sum({_dY_source(by_b, b)}, 1)")
     L.append("    if NEED_Y:")
     for b in range(KY):
         L.append(f"        tl.store(DY + e * {KY} + {b}, dy{b}, mask=em)")
@@ -202,7 +202,7 @@ def sender_kernel_source(name: str, table, KH: int, KY: int, KG: int, P: int, by
     L.append("    if NEED_H:")
     L.append(f"        orow = DH + node * ({KH} * C) + c")
     for a in range(KH):
-        val = f"tl.reduce(acc{a}, 0, _add)" if a in used_a else "tl.zeros([BC], dt)"
+        val = f"tl.sum(acc{a}, 0)" if a in used_a else "tl.zeros([BC], dt)"
         L.append(f"        tl.store(orow + {a} * C, {val}, mask=cm)")
     return "\n".join(L) + "\n"
 
@@ -276,6 +276,6 @@ def _dY_stores(KY: int, summands: dict) -> list:
     """The sender pass's dY stores: for each b, the channel sum of summands[b] ([BE, BC]), zero where absent."""
     L = ["        if NEED_Y:", f"            dyrow = DY + (cb * E + eid) * {KY}"]
     for b in range(KY):
-        val = f"tl.reduce({summands[b]}, 1, _add)" if b in summands else "tl.zeros([BE], dt)"
+        val = f"tl.sum({summands[b]}, 1)" if b in summands else "tl.zeros([BE], dt)"
         L.append(f"            tl.store(dyrow + {b}, {val}, mask=em)")
     return L

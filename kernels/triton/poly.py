@@ -215,7 +215,7 @@ def kernel_source(name: str, form: Form, outs: tuple, comps: tuple | None = None
         if s in weight_slots:
             K = form.slots[s][1]
             KP = max(2, next_pow2(K))
-            vals = [f"tl.reduce(a{j}_{i}, 0, _add)" if i in derivs[s] else "tl.zeros([BC], dt)" for i in range(K)]
+            vals = [f"tl.sum(a{j}_{i}, 0)" if i in derivs[s] else "tl.zeros([BC], dt)" for i in range(K)]
             vals += ["tl.zeros([BC], dt)"] * (KP - K)
             L += [f"    kw = tl.arange(0, {KP})",
                   f"    tl.store(O{j} + j * ({K} * C) + kw[None, :] * C + c[:, None], {_joined(vals, 'BC')}, "

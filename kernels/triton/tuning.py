@@ -2,9 +2,7 @@
 environment: TUMBLER_CONV_RECV_CFG, TUMBLER_CONV_NODE_CFG, TUMBLER_CONV_EDGE_CFG, TUMBLER_CONV_STAGES,
 TUMBLER_CONV_SENDER, TUMBLER_CONV_SENDER_FORM, TUMBLER_SC_CFG ("NB,BC,num_warps"). A tile knob forces its tile;
 unset, the launchers take autotune's choice (autotune.py, TUMBLER_AUTOTUNE, TUMBLER_AUTOTUNE_CACHE).
-
-The conv launchers remember, per problem, the launch those choices led to (PLANS, conv.py), so a changed knob
-takes effect after `knobs_changed()`, which forgets both.
+Knobs are read once per process; a changed knob takes effect after `knobs_changed()`.
 """
 from __future__ import annotations
 
@@ -19,10 +17,6 @@ def knob(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
-PLANS: dict = {}  # problem -> its launch, made with the knobs and the tile choices of the moment (conv.py)
-
-
 def knobs_changed() -> None:
-    """Read the knobs again at their next use, and forget the launches made with their old values."""
+    """Read the knobs again at their next use."""
     knob.cache_clear()
-    PLANS.clear()

@@ -7,7 +7,6 @@ and must give the reference's numbers.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -52,7 +51,7 @@ CANDIDATES = [(4, 32, 4), (8, 32, 8), (2, 32, 2)]
 
 
 def compiling() -> bool:
-    """Whether the launches of the moment only compile (kernels/triton/launch.py)."""
+    """Whether the launches of the moment are only recorded, to be compiled (kernels/triton/launch.py)."""
     from kernels.triton import launch
     return launch.compiling()
 CPU = torch.device("cpu")
@@ -151,125 +150,6 @@ def test_modes(tuner, monkeypatch, tmp_path):
     tuning.knobs_changed()
     with pytest.raises(ValueError, match="TUMBLER_AUTOTUNE='yes'"):
         autotune.choose("conv_recv", ("m2",), lambda: CANDIDATES, ran.append, CPU)
-
-
-def test_launch_compiles_only_while_candidates_are_gathered():
-    from kernels.triton import launch
-    calls = []
-
-    class Kernel:
-        def __getitem__(self, grid):
-            return lambda *args, **meta: calls.append(("launch", grid, args, meta))
-
-        def warmup(self, *args, grid, **meta):
-            calls.append(("warmup", grid, args, meta))
-
-    launch.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
-    with launch.compile_only(2):
-        launch.launch(Kernel(), (3, 1), "x", 7, BE=4, num_warps=2)
-    assert calls == [("launch", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2}),
-                     ("warmup", (3, 1), ("x", 7), {"BE": 4, "num_warps": 2})]
-
-
-def test_launch_calls_the_compiled_kernel_after_the_first_launch_of_a_specialisation(monkeypatch):
-    """The first launch of a specialisation goes through Triton (kernel[grid]); later ones call the compiled
-    kernel's own launcher with the grid, the current device's stream and every argument (tensors as their device
-    addresses), constexprs last. A new specialisation (a misaligned tensor, an integer equal to 1, another dtype,
-    another tile) goes through Triton."""
-    from triton.runtime import driver
-    from kernels.triton import launch
-    calls = []
-
-    class Compiled:
-        function, packed_metadata = "function", "packed"
-
-        def run(self, *args):
-            calls.append(("direct",) + args)
-
-        def launch_metadata(self, *args):
-            return "metadata"
-
-    class Kernel:
-        arg_names = ["X", "N", "BE", "BC"]
-
-        def __getitem__(self, grid):
-            return lambda *args, **meta: calls.append(("triton", grid, args, meta)) or Compiled()
-
-    class Driver:
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device):
-            return 77
-
-    k = Kernel()
-    x, x64, shifted = torch.zeros(8), torch.zeros(8, dtype=torch.float64), torch.zeros(9)[1:]
-    monkeypatch.setattr(driver, "_active", Driver())  # Triton's active driver (set_active; its reset needs a GPU)
-    for args, meta in [((x, 7), dict(BE=4, BC=32)), ((x, 7), dict(BE=4, BC=32)), ((x, 23), dict(BE=4, BC=32)),
-                       ((shifted, 7), dict(BE=4, BC=32)), ((x, 1), dict(BE=4, BC=32)),
-                       ((x64, 7), dict(BE=4, BC=32)), ((x, 7), dict(BE=8, BC=32)), ((x, 7), dict(BE=8, BC=32)),
-                       # a tensor where an integer was: other kinds of arguments, then the first kinds again
-                       ((x, x64), dict(BE=8, BC=32)), ((x, x64), dict(BE=8, BC=32)), ((x, 7), dict(BE=8, BC=32))]:
-        launch.launch(k, (5, 2), *args, **meta, num_warps=4)
-    assert [c[0] for c in calls] == ["triton", "direct", "direct", "triton", "triton", "triton", "triton", "direct",
-                                     "triton", "direct", "direct"]
-    assert calls[9][-4:] == (x.data_ptr(), x64.data_ptr(), 8, 32)
-    direct = calls[1]
-    assert direct[1:7] == (5, 2, 1, 77, "function", "packed")  # grid padded to three, the stream, the kernel
-    assert direct[7:10] == (None, None, None)  # no launch hooks registered: no metadata, no hooks
-    hooks = launch._knobs.runtime
-    hooks.launch_enter_hook.add(print)  # a hook (Triton's profiler registers one): metadata and hooks, as Triton
-    try:
-        launch.launch(k, (5, 2), x, 7, BE=8, BC=32, num_warps=4)
-    finally:
-        hooks.launch_enter_hook.remove(print)
-    assert calls[-1][0] == "direct" and calls[-1][7:10] == ("metadata", hooks.launch_enter_hook, hooks.launch_exit_hook)
-    xp = x.data_ptr()
-    assert direct[-4:] == (xp, 7, 4, 32) and calls[2][-4:] == (xp, 23, 4, 32) and calls[7][-4:] == (xp, 7, 8, 32)
-    assert calls[10][-4:] == (xp, 7, 8, 32)
-    assert calls[0][2] == (x, 7)  # Triton's own launch is given the tensor
-
-
-def test_precompile_records_launches_and_compiles_them_in_worker_processes(tmp_path):
-    """A precompile pass runs fn with every launch only recorded; the recorded kernels (each specialisation once)
-    then compile in forked workers, and nothing is launched. A worker that fails hands the pass to threads in
-    this process, with a warning."""
-    from kernels.triton import launch
-    parent = os.getpid()
-    log = tmp_path / "warmups"
-    launched, warmed_here = [], []
-
-    class Kernel:
-        def __init__(self, name, fail_in_workers=False):
-            self.name, self.fail_in_workers, self.src = name, fail_in_workers, name * 10
-
-        def __getitem__(self, grid):
-            return lambda *args, **meta: launched.append(self.name)
-
-        def warmup(self, *args, grid, **meta):
-            if os.getpid() == parent:
-                warmed_here.append(self.name)
-                return
-            if self.fail_in_workers:
-                raise RuntimeError("no compiler here")
-            with open(log, "a") as f:
-                f.write(f"{self.name} {args[1]} {meta['BE']}\n")
-
-    a, b = Kernel("a"), Kernel("b")
-
-    def step():
-        assert launch.compiling()
-        for kernel in (a, b, a):  # a twice with one specialisation: compiled once
-            launch.launch(kernel, (3, 1), torch.zeros(4), 7, BE=4, num_warps=2)
-        launch.launch(b, (3, 1), torch.zeros(4), 1, BE=4, num_warps=2)  # another specialisation of b (==1)
-    launch.precompile(step, threads=2)
-    assert launched == [] and warmed_here == [] and not launch.compiling()
-    assert sorted(log.read_text().splitlines()) == ["a 7 4", "b 1 4", "b 7 4"]
-
-    broken = Kernel("c", fail_in_workers=True)
-    with pytest.warns(RuntimeWarning, match="compiling in threads instead"):
-        launch.precompile(lambda: [launch.launch(k, (1,), torch.zeros(4), 7, BE=4) for k in (broken, a)], threads=2)
-    assert sorted(warmed_here) == ["a", "c"] and launched == []
 
 
 def test_no_timing_off_the_gpu_or_while_capturing(tuner, monkeypatch):

@@ -35,7 +35,7 @@ def test_values_and_gradients_match_reference(lmax):
     assert torch.isfinite(gv).all() and torch.all(gv[3] == 0)
     if lmax > 0:
         assert T.rel_err(gv, gv_ref) < 1e-12
-        # second derivative (force training): the fused pullback kernel (sh2.py), in v and in gY
+        # second derivative (force training): the fused pullback kernel (sh.py sh_pullback), in v and in gY
         w = T.randn(E, 3, seed=2)
         h = torch.autograd.grad((gv * w).sum(), (v, g), retain_graph=True)
         h_ref = torch.autograd.grad((gv_ref * w).sum(), (v, g), retain_graph=True)

@@ -15,7 +15,7 @@ term list (poly.py); its derivative with respect to any input is another term li
 symbolic differentiation, evaluated by a generated kernel, so all orders are closed too.
 
 Spherical harmonics. Forward, first derivative and the second derivative (the pullback of the
-first-derivative op, as force training needs it) are fused kernels (sh.py, sh2.py); third order
+first-derivative op, as force training needs it) are fused kernels (sh.py); third order
 (a pullback taken with create_graph) goes through torch autograd over `sh_torch`, the same
 polynomial tables in torch ops.
 """
@@ -25,10 +25,9 @@ from functools import lru_cache
 
 import torch
 
-from .triton import contraction as _sc
-from .triton import conv as _conv
-from .triton import sh as _sh
-from .triton import sh2 as _sh2
+from . import contraction as _sc
+from . import conv as _conv
+from . import sh as _sh
 
 SLOTS = ("h", "Y", "R", "g")
 
@@ -51,8 +50,8 @@ def used_slots(ctx, slots) -> tuple:
 
 
 def _will_run(node) -> bool:
-    """The engine's own query (torch.autograd.graph.register_multi_grad_hook uses it). Without it, every input
-    that requires grad gets its gradient. Inside autograd.grad the engine cannot answer for a leaf that is one
+    """The engine's own query (_engine_query). Without it, every input that requires grad gets its gradient.
+    Inside autograd.grad the engine cannot answer for a leaf that is one
     of the requested inputs: it raises, and the raise costs more host time than a small pass's kernels. So a
     leaf is asked about only in a backward that builds a graph (the force pass, where an unused gradient of a
     leaf would cost a whole sender pass); in a plain backward its gradient counts as used. `_tracked` gives
@@ -61,7 +60,7 @@ def _will_run(node) -> bool:
         return False
     if _WILL_RUN is None:
         return True
-    if isinstance(node, _LEAF) and not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() and node.name() == "torch::autograd::AccumulateGrad":  # a leaf
         return True
     try:
         return _WILL_RUN(node)
@@ -69,8 +68,23 @@ def _will_run(node) -> bool:
         return True
 
 
-_WILL_RUN = getattr(torch._C, "_will_engine_execute_node", None)
-_LEAF = torch._C._functions.AccumulateGrad
+TESTED_TORCH = ((2, 11), (2, 14))  # [first, last) minor versions of torch that _engine_query is tested with
+
+
+def _engine_query():
+    """torch's answer to "will the running backward execute this node?": torch._C._will_engine_execute_node,
+    which torch.autograd.graph.register_multi_grad_hook is built on; torch gives it no public name. Used only on
+    the torch versions in TESTED_TORCH; elsewhere None, the public path: each input gets its gradient where
+    ctx.needs_input_grad says so. Both give the same numbers (tests/kernels/test_triton_engine_query.py compares
+    them bitwise); the query saves the force pass the gradients it does not use (the contraction weights', the
+    first layer's node features': a whole sender pass)."""
+    version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    if not TESTED_TORCH[0] <= version < TESTED_TORCH[1]:
+        return None
+    return getattr(torch._C, "_will_engine_execute_node", None)
+
+
+_WILL_RUN = _engine_query()
 
 
 def _run_form(outs, graph, tab, slots):
@@ -109,9 +123,8 @@ class ConvForm(torch.autograd.Function):
     def forward(ctx, outs, graph, tab, h, Y, R, g):
         ctx.outs, ctx.graph, ctx.tab = outs, graph, tab
         ctx.save_for_backward(h, Y, R, g)
-        if outs == ("g",):  # the conv itself, the commonest call (its Problem serves its backward too)
-            ctx.problem = problem = _conv.conv_problem(h, Y, R, tab)
-            return (_conv.conv_recv(h, Y, R, graph, tab, problem),)
+        if outs == ("g",):  # the conv itself, the commonest call
+            return (_conv.conv_recv(h, Y, R, graph, tab),)
         return _run_form(outs, graph, tab, (h, Y, R, g))
 
     @staticmethod
@@ -121,8 +134,7 @@ class ConvForm(torch.autograd.Function):
         if ctx.outs == ("g",) and need[0] and not torch.is_grad_enabled() and (need[1] or need[2]) \
                 and _conv.fuse_sender(need[1]):  # the conv's own backward: the loop below, spelt out (host time)
             h, Y, R, _ = saved
-            dh, dY, dR = _conv.conv_sender(h, Y, R, grads[0].contiguous(), ctx.graph, ctx.tab, need[1], need[2],
-                                           ctx.problem)
+            dh, dY, dR = _conv.conv_sender(h, Y, R, grads[0].contiguous(), ctx.graph, ctx.tab, need[1], need[2])
             return None, None, None, dh, dY, dR, None
         acc = [None, None, None, None]  # gradients of h, Y, R, g
         for s, G in zip(ctx.outs, grads):
@@ -143,22 +155,6 @@ class ConvForm(torch.autograd.Function):
         return (None, None, None, *acc)
 
 
-def _c_apply(cls):
-    """cls.apply without its Python wrapper, or cls.apply itself where that wrapper does something.
-    torch.autograd.Function.apply is Python around the C++ apply (torch._C._FunctionBase.apply): it binds default
-    arguments for a Function with a setup_context (ours have none) and unwraps functorch's dead wrappers, which
-    exist only under functorch transforms (the caller checks _functorch_active). Called directly, the C++ apply
-    saves 3 us of a 32 us fwd+bwd of a bare Function (local CPU); the small passes are host-bound."""
-    raw = torch._C._FunctionBase.__dict__.get("apply")
-    if raw is None or cls.setup_context is not torch.autograd.Function.setup_context:
-        return cls.apply
-    return raw.__get__(None, cls)
-
-
-_functorch_active = torch._C._are_functorch_transforms_active
-_CONV_APPLY = _c_apply(ConvForm)
-
-
 def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     """Autograd-enabled conv: [N,K_in,C], [E,K_sh], [E,P,C] -> [N,K_out,C] (CONTRACT kernels)."""
     tab = _conv.table_for(spec.lmax_in, spec.lmax_sh, spec.lmax_out)
@@ -168,8 +164,7 @@ def edge_conv(node_feats, edge_sh, edge_weights, graph, spec):
     if not (torch.is_grad_enabled() and (node_feats.requires_grad or edge_sh.requires_grad
                                          or edge_weights.requires_grad)):  # _records, spelt out: host time
         return _conv.conv_recv(node_feats, edge_sh, edge_weights, graph, tab)
-    apply = ConvForm.apply if _functorch_active() else _CONV_APPLY
-    (out,) = apply(("g",), graph, tab, node_feats, edge_sh, edge_weights, None)
+    (out,) = ConvForm.apply(("g",), graph, tab, node_feats, edge_sh, edge_weights, None)
     return out
 
 
@@ -195,7 +190,7 @@ class SHForm(torch.autograd.Function):
 
 class SHVjp(torch.autograd.Function):
     """gv = (dY/dv)^T gY on the fused kernel (sh.py). Its pullback (the force-training second derivative)
-    is one fused kernel (sh2.py: a Hessian-vector and a Jacobian-vector product); only when that pullback
+    is one fused kernel (sh.py sh_pullback: a Hessian-vector and a Jacobian-vector product); only when that pullback
     must itself be differentiable (create_graph, third order) it runs through torch autograd over sh_torch."""
 
     @staticmethod
@@ -208,7 +203,7 @@ class SHVjp(torch.autograd.Function):
     def backward(ctx, ggv):
         v, gY = ctx.saved_tensors
         if not torch.is_grad_enabled():
-            dv, dg = _sh2.sh_pullback(v, gY, ggv, ctx.lmax)
+            dv, dg = _sh.sh_pullback(v, gY, ggv, ctx.lmax)
             return dv, dg, None
         with torch.enable_grad():  # differentiable in v, gY and ggv (the saved tensors keep their graphs)
             v_ = v if v.requires_grad else v.detach().requires_grad_(True)
