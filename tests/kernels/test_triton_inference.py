@@ -1,5 +1,5 @@
 """Inference (no_grad, or no input that requires grad) calls the kernels without an autograd Function
-(kernels/autograd.py _records): the same bits as the recorded call, and no graph node."""
+(kernels/triton/autograd.py _records): the same bits as the recorded call, and no graph node."""
 import importlib.util
 import sys
 from pathlib import Path
