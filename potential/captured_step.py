@@ -254,9 +254,10 @@ class TrainStep:
         self._graphs: dict = {}  # (atoms, edges) bucket -> (CUDAGraph, outputs)
         self.captures = 0
 
-    def set_weights(self, weights) -> None:
-        """New loss weights (stage two): the captured graphs hold the old ones, so they are captured again."""
-        self.weights = weights
+    def set_weights(self, weights, forces: bool, stress: bool) -> None:
+        """New loss weights and outputs (stage two): the captured graphs hold the old ones, so they are captured
+        again."""
+        self.weights, self.forces, self.stress = weights, bool(forces), bool(stress)
         self._graphs.clear()
 
     def __call__(self, batch):
