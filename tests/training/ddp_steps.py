@@ -4,9 +4,11 @@
 
 Two gloo processes train the padded step (potential.captured_step.TrainStep, ddp=True: torch's
 DistributedDataParallel) at 2 structures per step, rank r taking order[r::2] of each 4 structures (as
-DistributedSampler deals them); then one process trains at 4 structures per step on the same order. Writes
-OUT_DIR/rank{0,1}.pt and OUT_DIR/single.pt: {parameter name: weights} and {"ema." + name: EMA weights} after 2
-steps, and in the rank files {"initial." + name: weights before training}. All structures have the same size and
+DistributedSampler deals them), and then, from the same start, the eager step of potential/training.py (the
+Potential wrapped in DistributedDataParallel); then one process trains at 4 structures per step on the same
+order. Writes OUT_DIR/rank{0,1}.pt, OUT_DIR/eager_rank{0,1}.pt and OUT_DIR/single.pt: {parameter name: weights}
+and {"ema." + name: EMA weights} after 2 steps, and in the rank files {"initial." + name: weights before
+training}. All structures have the same size and
 labels, so a mean over 2 x 2 structures is the mean over 4 (the loss terms are masked means).
 """
 
@@ -70,9 +72,29 @@ def train(rank: int, world: int, out_dir: str) -> None:
     if world > 1:
         result.update(initial)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        torch.save(train_eager(rank, world), Path(out_dir) / f"eager_rank{rank}.pt")
         dist.destroy_process_group()
     else:
         torch.save(result, Path(out_dir) / "single.pt")
+
+
+def train_eager(rank: int, world: int) -> dict:
+    """The eager step of Trainer._train_epoch under DistributedDataParallel (no padding)."""
+    from potential.metrics import LossWeights, compute_loss
+
+    model, optimizer, ema, groups, collate = setup()
+    net = torch.nn.parallel.DistributedDataParallel(model)
+    weights = LossWeights(energy=1.0, forces=10.0, stress=100.0)
+    for group in groups:
+        batch = collate(group[rank::world], R_MAX)
+        out = net(batch, forces=True, stress=True, training=True)
+        loss, _ = compute_loss(batch, out, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()), 0.5)
+        optimizer.step()
+        ema.update_parameters(model)
+    return state(model, ema)
 
 
 if __name__ == "__main__":

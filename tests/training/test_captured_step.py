@@ -153,11 +153,11 @@ def test_two_gloo_ranks_at_b_equal_one_rank_at_2b(tmp_path):
     result = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=root, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"{kind}rank{r}.pt") for kind in ("", "eager_") for r in range(2)]
     single = torch.load(tmp_path / "single.pt")
     for name, w in single.items():
-        for r in range(2):
-            assert_same(ranks[r][name], w, 1e-9, 1e-12, f"rank {r} {name}")
+        for r in range(4):
+            assert_same(ranks[r][name], w, 1e-9, 1e-12, f"{'eager ' if r > 1 else ''}rank {r % 2} {name}")
     assert any(not torch.equal(single[k], ranks[0]["initial." + k]) for k in single if "initial." + k in ranks[0])
 
 
@@ -209,3 +209,29 @@ def test_trainer_padded_path_equals_eager_path(cu_h5, make_config, tmp_path):
         for key, value in ra.items():
             if value and key != "time_s":
                 assert float(rb[key]) == pytest.approx(float(value), rel=1e-8, abs=1e-12), key
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_trainer_captured_cuda_equals_eager(cu_h5, make_config, tmp_path, backend):
+    """On CUDA, training.graph=auto captures; it trains like graph=off (float64), stage two included."""
+    import potential.training as training
+    from potential.checkpoint import load_checkpoint
+
+    section = {"max_epochs": 3, "warmup_steps": 3, "clip_grad_norm": 1.0,
+               "stage_two": {"start_epoch": 2, "energy_weight": 10.0, "forces_weight": 1.0, "lr": 0.002}}
+    model = {"backend": backend}
+    runs = {}
+    for graph in ("off", "auto"):
+        cfg = make_config(cu_h5, output_dir=str(tmp_path / graph), device="cuda", model=model,
+                          training={**section, "graph": graph})
+        trainer = training.Trainer(cfg)
+        trainer.train()
+        runs[graph] = trainer
+    captured = runs["auto"].train_step
+    assert captured is not None and captured.cuda_graph and captured.captures >= 2  # stage two re-captures
+    a, b = load_checkpoint(tmp_path / "off" / "checkpoint.pt"), load_checkpoint(tmp_path / "auto" / "checkpoint.pt")
+    for part in ("model", "ema"):
+        for key, value in a[part].items():
+            assert_same(b[part][key], value, 1e-7, 1e-10, f"{part}.{key}")
