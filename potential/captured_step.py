@@ -150,6 +150,13 @@ class PaddedForward(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self._far = None  # [3] Å, made outside any capture (a host-to-device copy cannot be captured)
+
+    def far(self, dtype, device) -> torch.Tensor:
+        """The padding edges' vector: length 2 r_max + 1, beyond the cutoff."""
+        if self._far is None or self._far.dtype != dtype or self._far.device != device:
+            self._far = torch.tensor([2.0 * self.model.r_max + 1.0, 0.0, 0.0], dtype=dtype, device=device)
+        return self._far
 
     def forward(self, p: PaddedBatch, forces: bool, stress: bool) -> dict:
         model = self.model
@@ -163,8 +170,7 @@ class PaddedForward(nn.Module):
             cell = cell + cell @ sym
             inputs.append(strain)
         vec = edge_vectors(pos, p.senders, p.receivers, p.cell_shifts, cell, p.batch)  # [E, 3] Å
-        far = torch.tensor([2.0 * model.r_max + 1.0, 0.0, 0.0], dtype=dtype, device=vec.device)
-        vec = torch.where(p.edge_mask[:, None], vec, far)  # padding edges: beyond the cutoff, constant
+        vec = torch.where(p.edge_mask[:, None], vec, self.far(dtype, vec.device))  # padding: constant, beyond r_max
         graph = kernels.make_graph(p.senders, p.receivers, positions.shape[0], check=False)
         node_energy = model.node_energies(p.species, vec, graph)  # [A] float64
         energy = torch.zeros(slots, dtype=torch.float64, device=vec.device).index_add(0, p.batch, node_energy)

@@ -14,7 +14,8 @@ Restarts are exact: data order depends only on (seed, epoch) (the sampler's gene
 and the checkpoint holds model, EMA, optimizer, schedulers, RNG states and counters. Distributed data
 parallel runs start under torchrun (WORLD_SIZE > 1): each process takes batch_size structures per step, the
 gradients are averaged by torch's DistributedDataParallel during the backward, every process validates on the
-whole validation set (so all agree on the best model and the scheduler), rank 0's clock decides time-budget stops, and rank 0 writes every file.
+whole validation set (so all agree on the best model and the scheduler), rank 0's clock decides time-budget
+stops, and rank 0 writes every file.
 
 Graphs: the training and validation graphs are built once (potential.graph_cache, cached beside the data file)
 and batches are gathered on the device in the sampler's order. training.graph (auto: on for CUDA) selects the
@@ -110,6 +111,9 @@ class Trainer:
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
                 torch.cuda.set_device(self.device)
+            if self.device.type == "cuda" and cfg.training.graph != "off":
+                # torch's CUDA-graph notes: NCCL's async error handling must be off for DDP inside a captured step
+                os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.main = self.rank == 0
         if cfg.num_threads is not None:

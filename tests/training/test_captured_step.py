@@ -5,7 +5,6 @@ processes at batch B give the weights of one process at batch 2B."""
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
