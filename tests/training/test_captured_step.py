@@ -234,3 +234,14 @@ def test_trainer_captured_cuda_equals_eager(cu_h5, make_config, tmp_path, backen
     for part in ("model", "ema"):
         for key, value in a[part].items():
             assert_same(b[part][key], value, 1e-7, 1e-10, f"{part}.{key}")
+
+
+def test_padded_path_stops_on_a_non_finite_step(cu_h5, make_config, tmp_path):
+    """The padded path reads its finite flags once per epoch, and still names the first bad step's structures."""
+    import potential.training as training
+
+    cfg = make_config(cu_h5, training={"graph": "on", "lr": 1e30, "clip_grad_norm": None, "max_epochs": 2})
+    trainer = training.Trainer(cfg)
+    with pytest.raises(training.TrainingError, match=r"non-finite loss \(nan\) at epoch 1, step 2: batch of structures \["):
+        trainer.train()
+    assert trainer.train_step is not None and not (tmp_path / "run" / "checkpoint.pt").exists()
