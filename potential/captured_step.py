@@ -26,7 +26,9 @@ EMA; optimizer state first made by the warm-up is zeroed: Adam's fresh state is 
 captured (capturing runs nothing) and replayed from then on. Requirements: an optimizer with capturable=True
 and a tensor learning rate (`tensor_lr`; torch's LR schedulers fill it in place, so schedules reach the graph),
 and an EMA that is updated on the device (`ema_update`). The loss weights are baked in: `set_weights` after a
-stage switch re-captures. A capture that fails warns and falls back to the padded step run eagerly.
+stage switch re-captures. A capture that fails warns and falls back to the padded step run eagerly. The Triton
+contraction plans species on the device; the reference one counts them on the host, so captures with the
+reference backend use `masked_contraction` instead.
 
 Data parallel: ddp=True wraps the padded forward (`PaddedForward`) in torch's DistributedDataParallel, whose
 gradient hooks average the gradients over the processes during the backward (captured too on CUDA).
@@ -42,6 +44,7 @@ import torch
 from torch import nn
 
 import kernels
+from kernels.fixed_species import grouped_contraction
 from potential.metrics import compute_loss
 from potential.model import calling_thread_backward, edge_vectors, row_times
 
@@ -158,7 +161,7 @@ class PaddedForward(nn.Module):
             self._far = torch.tensor([2.0 * self.model.r_max + 1.0, 0.0, 0.0], dtype=dtype, device=device)
         return self._far
 
-    def forward(self, p: PaddedBatch, forces: bool, stress: bool) -> dict:
+    def forward(self, p: PaddedBatch, forces: bool, stress: bool, ops=None) -> dict:
         model = self.model
         dtype, slots = model.dtype, p.real.shape[0]
         positions = p.positions.detach().requires_grad_(True)  # [A, 3]
@@ -172,7 +175,7 @@ class PaddedForward(nn.Module):
         vec = edge_vectors(pos, p.senders, p.receivers, p.cell_shifts, cell, p.batch)  # [E, 3] Å
         vec = torch.where(p.edge_mask[:, None], vec, self.far(dtype, vec.device))  # padding: constant, beyond r_max
         graph = kernels.make_graph(p.senders, p.receivers, positions.shape[0], check=False)
-        node_energy = model.node_energies(p.species, vec, graph)  # [A] float64
+        node_energy = model.node_energies(p.species, vec, graph, ops)  # [A] float64
         energy = torch.zeros(slots, dtype=torch.float64, device=vec.device).index_add(0, p.batch, node_energy)
         out = {"energy": energy}
         if forces or stress:
@@ -206,6 +209,23 @@ def metric_sums(p: PaddedBatch, out: dict, loss: torch.Tensor) -> torch.Tensor:
         else:
             sums += [zero, zero, zero]
     return torch.stack(sums)
+
+
+def masked_contraction(num_atoms: int, num_species: int, device):
+    """A symmetric contraction (public signature) for any species vector [num_atoms] that never reads the device:
+    kernels/fixed_species.py's op for "every atom is species s", for each s, each atom keeping its own species'
+    result. S times the work of one contraction; only for captures with the reference backend."""
+    fixed = [grouped_contraction(torch.full((num_atoms,), s, dtype=torch.int64, device=device), num_species)
+             for s in range(num_species)]
+
+    def symmetric_contraction(node_feats, species, weights, spec):
+        out = None
+        for s, op in enumerate(fixed):
+            result = op(node_feats, None, weights, spec)  # [A, K_out, C] with the weights of species s
+            out = result if out is None else torch.where((species == s)[:, None, None], result, out)
+        return out
+
+    return symmetric_contraction
 
 
 @torch.no_grad()
@@ -256,6 +276,10 @@ class TrainStep:
                 raise ValueError("TrainStep: a captured step needs an optimizer made with capturable=True")
             tensor_lr(optimizer, self.device)
         self.params = list(model.parameters())
+        # the backend's own ops, unless a capture needs a contraction that reads no species on the host
+        self.masked = self.cuda_graph and (model.backend == "reference" or not kernels.triton_available())
+        self._ops: dict = {}  # atom bucket -> kernels.Ops with the masked contraction
+        self._ops_now = None  # the ops of the current bucket (None: the model's)
         self._buffers: dict = {}  # (atoms, edges) bucket -> PaddedBatch
         self._graphs: dict = {}  # (atoms, edges) bucket -> (CUDAGraph, outputs)
         self.captures = 0
@@ -272,6 +296,12 @@ class TrainStep:
             self._buffers[key] = PaddedBatch.empty(*key, self.slots, self.model.dtype, self.device)
         p = self._buffers[key]
         p.load(batch, self.model.species_of_z[batch.numbers])  # elements checked when the data were prepared
+        if self.masked:
+            if key[0] not in self._ops:
+                ops = self.model.ops
+                self._ops[key[0]] = kernels.Ops("padded", ops.spherical_harmonics, ops.edge_conv,
+                                                masked_contraction(key[0], len(self.model.elements), self.device))
+            self._ops_now = self._ops[key[0]]
         if not self.cuda_graph:
             return self._step(p)
         if key not in self._graphs:
@@ -285,7 +315,7 @@ class TrainStep:
     def _step(self, p: PaddedBatch):
         self.optimizer.zero_grad(set_to_none=False)  # in place: a captured graph keeps its gradient tensors
         with calling_thread_backward():
-            out = self.net(p, self.forces, self.stress)
+            out = self.net(p, self.forces, self.stress, self._ops_now)
             loss, _ = compute_loss(p, out, self.weights)
             loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)

@@ -90,12 +90,15 @@ def assert_same(a, b, rtol, atol, what):
         f"{what}: max diff {(a.double().cpu() - b.double().cpu()).abs().max().item():.3g}"
 
 
-def compare(emt, device, capturable, cuda_graph, dtype="float64", backend="reference", rtol=1e-9, atol=1e-12):
+def compare(emt, device, capturable, cuda_graph, dtype="float64", backend="reference", rtol=1e-9, atol=1e-12,
+            masked=None):
     (m0, o0, e0), (m1, o1, e1) = make_pair(device, capturable, dtype, backend)
     weights = LossWeights(energy=1.0, forces=10.0, stress=100.0)
     clip = 0.5  # small enough to act
     step = TrainStep(m1, o1, weights, batch_size=3, forces=True, stress=True, clip_grad_norm=clip, ema=e1,
                      ema_decay=DECAY, cuda_graph=cuda_graph)
+    if masked is not None:
+        step.masked = masked  # the capture-safe contraction of reference-backend captures, also eagerly
     for structures in compositions(emt):
         batch = data.collate(structures, R_MAX).to(device=device, dtype=m0.dtype)
         for _ in range(2):  # the second step sees Adam's moments and the EMA's lerp
@@ -123,6 +126,11 @@ def test_bucket_ladder():
 def test_padded_step_equals_eager_step_float64(emt):
     step = compare(emt, "cpu", capturable=False, cuda_graph=False)
     assert len(step._buffers) == 3 and step.captures == 0
+
+
+def test_masked_contraction_step_equals_eager_step_float64(emt):
+    step = compare(emt, "cpu", capturable=False, cuda_graph=False, masked=True)
+    assert len(step._ops) == 3
 
 
 def test_padding_is_exact_zero(emt):
@@ -242,6 +250,7 @@ def test_padded_path_stops_on_a_non_finite_step(cu_h5, make_config, tmp_path):
 
     cfg = make_config(cu_h5, training={"graph": "on", "lr": 1e30, "clip_grad_norm": None, "max_epochs": 2})
     trainer = training.Trainer(cfg)
-    with pytest.raises(training.TrainingError, match=r"non-finite loss \(nan\) at epoch 1, step 2: batch of structures \["):
+    message = r"non-finite loss \(nan\) at epoch 1, step 2: batch of structures \["
+    with pytest.raises(training.TrainingError, match=message):
         trainer.train()
     assert trainer.train_step is not None and not (tmp_path / "run" / "checkpoint.pt").exists()
