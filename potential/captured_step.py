@@ -266,7 +266,8 @@ class TrainStep:
             ema.n_averaged = ema.n_averaged.to(self.device)  # the update counter lives beside the weights
         self.net = PaddedForward(model)
         if ddp:
-            self.net = nn.parallel.DistributedDataParallel(self.net)
+            # the model's buffers (species table, reference energies) are constants: nothing to broadcast per step
+            self.net = nn.parallel.DistributedDataParallel(self.net, broadcast_buffers=False)
         self.warmup = DDP_WARMUP if ddp else 2
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
         if self.cuda_graph:

@@ -194,7 +194,7 @@ class Trainer:
             self._load_state(ckpt)
         self.net = self.model  # what the eager step calls: wrapped by DistributedDataParallel when distributed
         if self.world > 1 and not self.padded:
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)  # constants
         self.train_step = None if not self.padded else TrainStep(
             self.model, self.optimizer, self.weights, batch_size=t.batch_size,
             forces=self._need("forces"), stress=self._need("stress"), clip_grad_norm=t.clip_grad_norm,

@@ -83,7 +83,7 @@ def train_eager(rank: int, world: int) -> dict:
     from potential.metrics import LossWeights, compute_loss
 
     model, optimizer, ema, groups, collate = setup()
-    net = torch.nn.parallel.DistributedDataParallel(model)
+    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)  # as potential/training.py
     weights = LossWeights(energy=1.0, forces=10.0, stress=100.0)
     for group in groups:
         batch = collate(group[rank::world], R_MAX)
