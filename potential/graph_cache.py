@@ -135,8 +135,9 @@ class GraphSet:
     """Structures as device-resident graphs, gathered into data.Batch objects (see the module docstring).
 
     Per structure s (S of them): atoms atom_ptr[s]:atom_ptr[s+1] and edges edge_ptr[s]:edge_ptr[s+1] of the
-    concatenated arrays below; edge indices are local to their structure. Host copies of the two pointers
-    size every gather, so a batch costs no device-to-host read."""
+    concatenated arrays below; edge indices are local to their structure. A batch is gathered by device ops from
+    the rows on the device; host copies of the two pointers give its sizes, so it costs no device-to-host read
+    (and `batches` copies an epoch's order to the device once)."""
 
     def __init__(self, structures: Sequence, lists: Sequence, device):
         self.device = device = torch.device(device)
@@ -145,6 +146,8 @@ class GraphSet:
         edges = np.array([snd.shape[0] for snd, _, _ in lists], dtype=np.int64)
         self.atom_ptr = np.concatenate([[0], np.cumsum(atoms)]).astype(np.int64)  # [S+1] host
         self.edge_ptr = np.concatenate([[0], np.cumsum(edges)]).astype(np.int64)  # [S+1] host
+        self.atom_ptr_device = torch.from_numpy(self.atom_ptr).to(device)  # [S+1]
+        self.edge_ptr_device = torch.from_numpy(self.edge_ptr).to(device)  # [S+1]
         n = int(self.atom_ptr[-1])
 
         def t(array, dtype):
@@ -197,42 +200,45 @@ class GraphSet:
         return (int((self.atom_ptr[rows + 1] - self.atom_ptr[rows]).sum()),
                 int((self.edge_ptr[rows + 1] - self.edge_ptr[rows]).sum()))
 
-    def batch(self, rows: Sequence[int]) -> data.Batch:
-        """data.Batch of structures `rows` (positions in this set), in that order, on the device, float64."""
-        rows = np.asarray(rows, dtype=np.int64)
-        num = rows.shape[0]
-        atoms = self.atom_ptr[rows + 1] - self.atom_ptr[rows]  # [B]
-        edges = self.edge_ptr[rows + 1] - self.edge_ptr[rows]  # [B]
-        ptr = np.concatenate([[0], np.cumsum(atoms)]).astype(np.int64)  # [B+1] atom offsets in the batch
-        atom_index = np.repeat(self.atom_ptr[rows] - ptr[:-1], atoms) + np.arange(ptr[-1])  # [N] into this set
-        edge_start = np.concatenate([[0], np.cumsum(edges)])[:-1]
-        edge_index = np.repeat(self.edge_ptr[rows] - edge_start, edges) + np.arange(edges.sum())  # [E]
+    def batch(self, rows: Sequence[int], rows_device: torch.Tensor | None = None) -> data.Batch:
+        """data.Batch of structures `rows` (positions in this set), in that order, on the device, float64.
+        `rows_device`: the same rows as an int64 tensor on the device, if the caller has them there."""
+        num = len(rows)
+        n, e = self.sizes(rows)  # host: the output sizes of the gathers below
         dev = self.device
-        atom_index, edge_index = torch.from_numpy(atom_index).to(dev), torch.from_numpy(edge_index).to(dev)
-        offset = torch.from_numpy(np.repeat(ptr[:-1], edges)).to(dev)  # [E] first atom of the edge's structure
-        rows_t = torch.from_numpy(rows).to(dev)
+        r = torch.as_tensor(np.asarray(rows, dtype=np.int64)).to(dev) if rows_device is None else rows_device  # [B]
+        atom_start, edge_start = self.atom_ptr_device[r], self.edge_ptr_device[r]  # [B]
+        atoms, edges = self.atom_ptr_device[r + 1] - atom_start, self.edge_ptr_device[r + 1] - edge_start  # [B]
+        ptr = torch.cat([atoms.new_zeros(1), torch.cumsum(atoms, 0)])  # [B+1] atom offsets in the batch
+        edge_ptr = torch.cat([edges.new_zeros(1), torch.cumsum(edges, 0)])  # [B+1]
+        # concatenated ranges start_b + (0 .. count_b - 1): [N] atoms and [E] edges of this set
+        atom_index = torch.repeat_interleave(atom_start - ptr[:-1], atoms, output_size=n) + torch.arange(n, device=dev)
+        edge_index = (torch.repeat_interleave(edge_start - edge_ptr[:-1], edges, output_size=e)
+                      + torch.arange(e, device=dev))
+        offset = torch.repeat_interleave(ptr[:-1], edges, output_size=e)  # [E] first atom of the edge's structure
         return data.Batch(
             positions=self.positions.index_select(0, atom_index),
             numbers=self.numbers.index_select(0, atom_index),
-            batch=torch.from_numpy(np.repeat(np.arange(num, dtype=np.int64), atoms)).to(dev),
-            ptr=torch.from_numpy(ptr).to(dev),
-            cell=self.cell.index_select(0, rows_t),
-            pbc=self.pbc.index_select(0, rows_t),
+            batch=torch.repeat_interleave(torch.arange(num, device=dev), atoms, output_size=n),
+            ptr=ptr,
+            cell=self.cell.index_select(0, r),
+            pbc=self.pbc.index_select(0, r),
             senders=self.senders.index_select(0, edge_index) + offset,
             receivers=self.receivers.index_select(0, edge_index) + offset,
             cell_shifts=self.shifts.index_select(0, edge_index),
-            energy=self.energy.index_select(0, rows_t),
-            has_energy=self.has_energy.index_select(0, rows_t),
+            energy=self.energy.index_select(0, r),
+            has_energy=self.has_energy.index_select(0, r),
             forces=self.forces.index_select(0, atom_index),
-            has_forces=self.has_forces.index_select(0, rows_t),
-            stress=self.stress.index_select(0, rows_t),
-            has_stress=self.has_stress.index_select(0, rows_t),
-            weight=self.weight.index_select(0, rows_t),
-            index=self.index.index_select(0, rows_t),
+            has_forces=self.has_forces.index_select(0, r),
+            stress=self.stress.index_select(0, r),
+            has_stress=self.has_stress.index_select(0, r),
+            weight=self.weight.index_select(0, r),
+            index=self.index.index_select(0, r),
         )
 
     def batches(self, order: Sequence[int] | None, batch_size: int) -> Iterator[data.Batch]:
         """Batches of `batch_size` structures in `order` (default: as stored), the last one possibly smaller."""
-        order = list(range(self.num_structures)) if order is None else list(order)
+        order = list(range(self.num_structures)) if order is None else [int(i) for i in order]
+        on_device = torch.tensor(order, dtype=torch.int64).to(self.device)  # one copy per pass
         for start in range(0, len(order), batch_size):
-            yield self.batch(order[start:start + batch_size])
+            yield self.batch(order[start:start + batch_size], on_device[start:start + batch_size])
