@@ -153,12 +153,12 @@ def test_padding_is_exact_zero(emt):
         PaddedBatch.empty(8, 8, 2, torch.float64, "cpu").load(batch, model.species_index(batch.numbers))
 
 
-def test_two_gloo_ranks_at_b_equal_one_rank_at_2b(tmp_path):
-    """tests/training/ddp_steps.py: DDP (2 CPU processes, gloo) of the padded step, against one process."""
+def run_ddp_steps(tmp_path, *args):
+    """tests/training/ddp_steps.py: DDP of the padded and of the eager step (2 processes) against one process."""
     script = Path(__file__).with_name("ddp_steps.py")
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=root, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), *args], cwd=root, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     ranks = [torch.load(tmp_path / f"{kind}rank{r}.pt") for kind in ("", "eager_") for r in range(2)]
     single = torch.load(tmp_path / "single.pt")
@@ -166,6 +166,16 @@ def test_two_gloo_ranks_at_b_equal_one_rank_at_2b(tmp_path):
         for r in range(4):
             assert_same(ranks[r][name], w, 1e-9, 1e-12, f"{'eager ' if r > 1 else ''}rank {r % 2} {name}")
     assert any(not torch.equal(single[k], ranks[0]["initial." + k]) for k in single if "initial." + k in ranks[0])
+
+
+def test_two_gloo_ranks_at_b_equal_one_rank_at_2b(tmp_path):
+    run_ddp_steps(tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_two_nccl_ranks_captured_at_b_equal_one_rank_at_2b(tmp_path):
+    run_ddp_steps(tmp_path, "cuda")
 
 
 @pytest.mark.gpu
