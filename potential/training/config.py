@@ -127,6 +127,9 @@ class TrainingConfig:
     huber_delta: Optional[float] = field(default=None, metadata=check("positive"))  # None: squared error
     stage_two: Optional[StageTwoConfig] = None
     eval_every: int = field(default=1, metadata=check("positive"))             # epochs between validations
+    # padded static-shape step (potential/training/captured_step.py), captured as a CUDA graph on CUDA and run
+    # eagerly elsewhere (on: also on CPU, for debugging); off: the eager unpadded step; auto: on for CUDA, off for CPU
+    graph: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass

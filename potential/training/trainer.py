@@ -13,8 +13,14 @@
 Restarts are exact: data order depends only on (seed, epoch) (the sampler's generator is reseeded every epoch)
 and the checkpoint holds model, EMA, optimizer, schedulers, RNG states and counters. Distributed data
 parallel runs start under torchrun (WORLD_SIZE > 1): each process takes batch_size structures per step, the
-gradients are averaged with all_reduce, every process validates on the whole validation set (so all agree on
-the best model and the scheduler), rank 0's clock decides time-budget stops, and rank 0 writes every file.
+gradients are averaged by torch's DistributedDataParallel during the backward, every process validates on the
+whole validation set (so all agree on the best model and the scheduler), rank 0's clock decides time-budget
+stops, and rank 0 writes every file.
+
+Graphs: the training and validation graphs are built once (potential.training.graph_cache, cached beside the data file)
+and batches are gathered on the device in the sampler's order. training.graph (auto: on for CUDA) selects the
+padded static-shape step (potential.training.captured_step: one CUDA graph per bucket on CUDA, with a capturable optimizer
+and a tensor learning rate); off runs the eager unpadded step below.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import math
 import os
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +45,9 @@ from tqdm import tqdm
 
 import data
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .captured_step import TrainStep
 from .config import ConfigError, TrainConfig, config_to_dict, dump_config
+from .graph_cache import GraphSet
 from .metrics import METRIC_NAMES, ErrorMetrics, LossWeights, compute_loss, format_header, format_row
 from ..io import load_model, save_model
 from ..model import ModelConfig, Potential, calling_thread_backward
@@ -102,6 +111,9 @@ class Trainer:
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
                 torch.cuda.set_device(self.device)
+            if self.device.type == "cuda" and cfg.training.graph != "off":
+                # torch's CUDA-graph notes: NCCL's async error handling must be off for DDP inside a captured step
+                os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.main = self.rank == 0
         if cfg.num_threads is not None:
@@ -148,7 +160,9 @@ class Trainer:
             self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
         params = list(self.model.parameters())
         opt = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad)
+        self.padded = t.graph == "on" or (t.graph == "auto" and self.device.type == "cuda")
+        self.optimizer = opt(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad,
+                             capturable=self.padded and self.device.type == "cuda")
         self.warmup = None if t.warmup_steps == 0 else torch.optim.lr_scheduler.LinearLR(
             self.optimizer, start_factor=1.0 / (t.warmup_steps + 1), end_factor=1.0, total_iters=t.warmup_steps)
         if t.scheduler == "plateau":
@@ -171,11 +185,20 @@ class Trainer:
         vbs = t.valid_batch_size or t.batch_size
         self.valid_loader = _loader(self.sets.valid, vbs, r_max, cfg.num_workers)
         self.test_loader = _loader(self.sets.test, vbs, r_max, cfg.num_workers) if self.sets.test else None
+        self.train_graphs = GraphSet.build(self.sets.train, r_max, self.device, log=self.log)
+        self.valid_graphs = GraphSet.build(self.sets.valid, r_max, self.device, log=self.log)
         self.epoch, self.step, self.stage = 0, 0, 1
         self.best_loss, self.best_epoch, self.elapsed = math.inf, 0, 0.0
         self.weights = LossWeights(t.energy_weight, t.forces_weight, t.stress_weight, t.huber_delta)
         if ckpt is not None:
             self._load_state(ckpt)
+        self.net = self.model  # what the eager step calls: wrapped by DistributedDataParallel when distributed
+        if self.world > 1 and not self.padded:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)  # constants
+        self.train_step = None if not self.padded else TrainStep(
+            self.model, self.optimizer, self.weights, batch_size=t.batch_size,
+            forces=self._need("forces"), stress=self._need("stress"), clip_grad_norm=t.clip_grad_norm,
+            ema=self.ema, ema_decay=t.ema_decay, ddp=self.world > 1)
         if self.main:  # the resolved config of this (possibly restarted) run
             dump_config(cfg, self.out / "config.yaml")
         n_params = sum(p.numel() for p in params)
@@ -210,7 +233,11 @@ class Trainer:
         self.model.load_state_dict(s["model"])
         if self.ema is not None and s["ema"] is not None:
             self.ema.load_state_dict(s["ema"])
-        self.optimizer.load_state_dict(s["optimizer"])
+        saved = s["optimizer"]
+        for group, now in zip(saved["param_groups"], self.optimizer.param_groups):
+            group["capturable"] = now.get("capturable", False)  # this run's step (a restart may change device)
+            group["lr"] = float(group["lr"])  # a tensor in captured runs; TrainStep makes it one again
+        self.optimizer.load_state_dict(saved)
         for name in ("warmup", "scheduler"):
             if getattr(self, name) is not None and s[name] is not None:
                 getattr(self, name).load_state_dict(s[name])
@@ -227,6 +254,10 @@ class Trainer:
                 with open(path, "w", newline="") as f:
                     csv.writer(f).writerows(keep)
         self.log(f"restarted from '{self.ckpt_path}' after epoch {self.epoch} (step {self.step}, stage {self.stage})")
+
+    def _need(self, label: str) -> bool:
+        """Whether training steps compute `label` ("forces" | "stress"): a weight in this stage and data."""
+        return getattr(self.weights, label) > 0 and _has(self.sets.train, label)
 
     def _set_stage_weights(self) -> None:
         s, t = self.cfg.training.stage_two, self.cfg.training
@@ -289,12 +320,27 @@ class Trainer:
         metrics = ErrorMetrics(self.device)
         params = list(self.model.parameters())
         self.model.train()
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=None if self.main else True)
+        order = list(self.sampler)  # this epoch's order, as the DataLoader would take it
+        batches = self.train_graphs.batches(order, t.batch_size)
+        bar = tqdm(batches, total=-(-len(order) // t.batch_size), desc=f"epoch {self.epoch + 1}", leave=False,
+                   disable=None if self.main else True)
+        checks = []  # padded steps: (step, finite loss, finite norm, structures), read once at the end of the epoch
         for batch in bar:
             batch = batch.to(device=self.device, dtype=self.dtype)
             if not self._precompiled:
                 self._precompile(batch, need_f, need_s)
-            out = self.model(batch, forces=need_f, stress=need_s, training=True)
+            if self.train_step is not None:
+                loss, norm, sums = self.train_step(batch)
+                metrics.sums += sums
+                checks.append((self.step, torch.isfinite(loss), torch.isfinite(norm), batch.index, loss.clone(),
+                               norm.clone()))  # clones: a captured step's outputs are overwritten by the next
+                self.step += 1
+                if self.warmup is not None and self.step <= t.warmup_steps and self.stage == 1:
+                    self.warmup.step()
+                if len(checks) % 25 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4g}")
+                continue
+            out = self.net(batch, forces=need_f, stress=need_s, training=True)
             loss, _ = compute_loss(batch, out, w)
             bad = torch.tensor(float(not torch.isfinite(loss)), device=self.device)
             if self.world > 1:
@@ -303,12 +349,7 @@ class Trainer:
                 self._nonfinite("loss", loss.item(), batch)
             self.optimizer.zero_grad(set_to_none=True)
             with calling_thread_backward():
-                loss.backward()
-            if self.world > 1:
-                for p in params:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= self.world
+                loss.backward()  # under DistributedDataParallel, the gradients are averaged over the processes here
             norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm or math.inf)
             if not torch.isfinite(norm):
                 self._nonfinite("gradient norm", norm.item(), batch)
@@ -320,13 +361,30 @@ class Trainer:
                 self.warmup.step()
             metrics.update(batch, out, loss)
             bar.set_postfix(loss=f"{loss.item():.4g}")
+        if checks:
+            self._check_finite(checks)
         if self.world > 1:
             dist.all_reduce(metrics.sums)
         return metrics.compute()
 
+    def _check_finite(self, checks: list) -> None:
+        """TrainingError naming the first padded step of this epoch (on any process) with a non-finite loss or
+        gradient norm: one host read per epoch instead of one per step."""
+        finite = torch.stack([torch.stack([ok_loss, ok_norm]) for _, ok_loss, ok_norm, *_ in checks]).double()
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # [steps, 2]: all processes stop at the same step
+        finite = finite.tolist()
+        for (step, _, _, index, loss, norm), (ok_loss, ok_norm) in zip(checks, finite):
+            if not (ok_loss and ok_norm):
+                self.step = step
+                batch = types.SimpleNamespace(index=index)  # what _nonfinite reads of a batch
+                self._nonfinite("loss" if not ok_loss else "gradient norm", (loss if not ok_loss else norm).item(),
+                                batch)
+
     def _validate(self) -> dict:
         v = self.sets.valid
-        return evaluate_model(self.export_model, self.valid_loader, self.device, self.dtype, self.weights,
+        batches = self.valid_graphs.batches(None, self.cfg.training.valid_batch_size or self.cfg.training.batch_size)
+        return evaluate_model(self.export_model, batches, self.device, self.dtype, self.weights,
                               forces=_has(v, "forces"), stress=_has(v, "stress"))
 
     def _keep_best(self, valid: dict) -> None:
@@ -339,7 +397,7 @@ class Trainer:
 
     def _end_of_epoch(self, train: dict, valid: dict | None, seconds: float) -> None:
         """Keep the best model, append to metrics.csv, print the table row, write checkpoint.pt."""
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])  # a device tensor in captured runs
         if valid is not None:
             self._keep_best(valid)
         if not self.main:
@@ -370,7 +428,12 @@ class Trainer:
                 self.stage = 2
                 self._set_stage_weights()
                 for group in self.optimizer.param_groups:
-                    group["lr"] = t.stage_two.lr
+                    if isinstance(group["lr"], torch.Tensor):
+                        group["lr"].fill_(t.stage_two.lr)  # in place: captured steps read this tensor
+                    else:
+                        group["lr"] = t.stage_two.lr
+                if self.train_step is not None:
+                    self.train_step.set_weights(self.weights, self._need("forces"), self._need("stress"))
                 self.best_loss = math.inf  # losses of the two stages use different weights
                 self.log(f"stage two from epoch {self.epoch + 1}: lr {t.stage_two.lr}, weights {self.weights}")
             start = time.perf_counter()
