@@ -22,6 +22,8 @@ import torch
 
 __all__ = ["species_shift_correction", "apply_species_shift"]
 
+RCOND = 1e-3  # relative singular-value cutoff of the least-squares fit
+
 
 @torch.no_grad()
 def species_shift_correction(model, batches: Iterable) -> torch.Tensor:
@@ -42,8 +44,10 @@ def species_shift_correction(model, batches: Iterable) -> torch.Tensor:
     if not rows or sum(r.shape[0] for r in rows) == 0:
         return torch.zeros(num_species, dtype=torch.float64)
     a, y = torch.cat(rows), torch.cat(residuals)
-    # gelsd: SVD-based, minimum norm where the compositions do not determine every element's offset
-    return torch.linalg.lstsq(a, y.unsqueeze(1), driver="gelsd").solution.squeeze(1)  # [S] eV/atom
+    # SVD-based and minimum norm: a training set of one composition (a molecule's MD) determines only the
+    # composition-weighted total, and the gates' tiny variation (tanh(n) = 1 - 1e-6 ...) must not be read as
+    # information about the single elements. Directions below RCOND of the largest singular value are dropped.
+    return torch.linalg.lstsq(a, y.unsqueeze(1), rcond=RCOND, driver="gelsd").solution.squeeze(1)  # [S] eV/atom
 
 
 @torch.no_grad()

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from ase.data import chemical_symbols
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 # tqdm, not tqdm.auto: the latter's asyncio class calls iter() in __init__, which on a persistent-worker
@@ -47,6 +48,7 @@ import data
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .captured_step import TrainStep
 from .config import ConfigError, TrainConfig, config_to_dict, dump_config
+from .energy_offsets import apply_species_shift, species_shift_correction
 from .graph_cache import GraphSet
 from .metrics import METRIC_NAMES, ErrorMetrics, LossWeights, compute_loss, format_header, format_row
 from ..io import load_model, save_model
@@ -256,7 +258,7 @@ class Trainer:
         self.log(f"restarted from '{self.ckpt_path}' after epoch {self.epoch} (step {self.step}, stage {self.stage})")
 
     def _need(self, label: str) -> bool:
-        """Whether training steps compute `label` ("forces" | "stress"): a weight in this stage and data."""
+        """Whether training uses `label` ("energy" | "forces" | "stress"): a weight in this stage and data."""
         return getattr(self.weights, label) > 0 and _has(self.sets.train, label)
 
     def _set_stage_weights(self) -> None:
@@ -381,6 +383,23 @@ class Trainer:
                 self._nonfinite("loss" if not ok_loss else "gradient norm", (loss if not ok_loss else norm).item(),
                                 batch)
 
+    def _refit_energy_offsets(self) -> None:
+        """Least-squares per-element energy offsets for the current weights (potential/training/energy_offsets.py),
+        added to the trained model's species_shift and to the EMA copy's, each from its own residuals; rank 0's
+        values on every rank. In place, so captured steps see them."""
+        size = self.cfg.training.valid_batch_size or self.cfg.training.batch_size
+        models = [self.model] + ([] if self.ema is None else [self.ema.module])
+        deltas = []
+        for model in models:
+            delta = species_shift_correction(model, self.train_graphs.batches(None, max(size, 32))).to(self.device)
+            if self.world > 1:
+                dist.broadcast(delta, 0)
+            apply_species_shift(delta, model)
+            deltas.append(delta)
+        shown = ", ".join(f"{chemical_symbols[z]} {1e3 * float(d):+.2f}"
+                          for z, d in zip(self.model.elements, deltas[-1]))
+        self.log(f"energy offsets refit after epoch {self.epoch} (meV/atom): {shown}")
+
     def _validate(self) -> dict:
         v = self.sets.valid
         batches = self.valid_graphs.batches(None, self.cfg.training.valid_batch_size or self.cfg.training.batch_size)
@@ -439,6 +458,8 @@ class Trainer:
             start = time.perf_counter()
             train = self._train_epoch()
             self.epoch += 1
+            if self.stage == 1 and self.epoch & (self.epoch - 1) == 0 and self._need("energy"):  # epochs 1, 2, 4, ...
+                self._refit_energy_offsets()
             validated = self.epoch % t.eval_every == 0 or (t.max_epochs is not None and self.epoch >= t.max_epochs)
             valid = self._validate() if validated else None
             if self.scheduler is not None and self.stage == 1:
