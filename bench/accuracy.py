@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     for s in sets:
         base += ["--set", s]
 
+    result = header(device_name(device))  # date and host load at the start of this invocation
     fresh, pieces, rc = args.fresh, 0, None
     while rc is None:
         if args.max_pieces is not None and pieces >= args.max_pieces:
@@ -117,7 +118,6 @@ def main(argv=None) -> int:
 
     rows = epochs_so_far(out)
     evaluation = json.loads((out / "test_metrics.json").read_text())
-    result = header(device_name(device))
     result.update(config=str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
                   overrides=args.overrides, budget_minutes=args.minutes, pieces=pieces, epochs=len(rows),
                   steps=int(rows[-1]["step"]) if rows else 0,

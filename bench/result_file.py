@@ -1,8 +1,9 @@
 """Where every bench script writes its result: bench/results/<name>-<device>-<UTC time>.json, atomically.
 
 The JSON is the script's own dict plus a header (`device`, `date` in UTC, `torch`, `git` commit when the
-repository has one, the host's CPU count and 1-minute load average when the run started: other work on the
-host slows CPU runs and host-bound GPU passes), so a table in README.md or docs/performance.md can name its file, date and GPU.
+repository has one, the host's CPU count and its 1-minute load average when the script started: other work on
+the host slows CPU runs and host-bound GPU passes), so a table in README.md or docs/performance.md can name its
+file, date and device.
 When $OUT is set (a device machine that hands back only $OUT), the same file is also written there.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def header(device: str) -> dict:
 
     now = datetime.datetime.now(datetime.timezone.utc)
     return {"device": device, "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "torch": torch.__version__,
-            "git": _git_commit(), "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
+            "git": _git_commit(), "cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}
 
 
 def write_result(name: str, result: dict, folder: Path = RESULTS) -> Path:
