@@ -128,7 +128,7 @@ def ours_model(elements, device, quick=False):
 
 
 def mace_model(atomic_numbers, path):
-    """ScaleShiftMACE as peers_gpu.py builds it: 128x0e+128x1o hidden, max_ell 3, correlation 3, 2 layers."""
+    """MACE's ScaleShiftMACE at the size of ours: 128x0e+128x1o hidden, max_ell 3, correlation 3, 2 layers."""
     from e3nn import o3
     import mace.modules as mm
 
