@@ -1,33 +1,41 @@
-"""Kernel benchmark on one GPU: our Triton ops and the peers (bench/peers.py) side by side, one process.
+"""Kernel benchmark on one GPU: our Triton ops against cuEquivariance, OpenEquivariance and e3nn, one process.
 
-    python bench/kernels.py [sh] [conv] [sc] [--peers] [--quick] [--cfg=I[,I]] [--pass=P[,P]] [--warm] [--sweep]
-        [--profile] [--no-graph]
-    python bench/kernels.py --combine results/a.json results/b.json ...   (table of saved runs, later wins)
-    python bench/kernels.py --sweep-warm-jobs [--sweep=VAR,..] [--cfg=I,..]   (the commands that compile what
-        --sweep runs, one per line; --sweep=VAR,.. sweeps only those knobs, --cfg=I,.. only those configs)
+    python bench/kernels.py --peers cueq,oeq          # the README's kernel table (about 5-8 minutes on an H200)
+    python bench/kernels.py conv --cfg 3 --pass fwd   # one op, one config, one pass
+    python bench/kernels.py --table bench/results/kernels-NVIDIA-H200-2026-11-22T092134.json   # print a saved run
 
---warm runs the selected passes once (no timing, no JSON): run several such processes in parallel first to
-fill Triton's on-disk kernel cache, so that the timed run does not spend minutes compiling one by one.
---profile also prints, for each selected pass, its GPU kernels and their times (torch.profiler, 5 runs).
---no-graph skips the CUDA-graph replay timing (graph_ms) of every pass, ours and the peers'.
-
-Passes (float32, CUDA-event medians): fwd (no grad), fwdbwd (gradients of all inputs for a random
-cotangent), dbl (force training: SH(vec) -> op -> E; F = dE/dvec with create_graph; loss(F) backward to
-the weights; for the contraction: gx = dE/dx with create_graph, loss(gx) backward to the weights).
-Memory floor: every distinct input of the pass read once and every output written once (bytes), over the
-time -> achieved GB/s. Prints a table last; JSON to bench/results/kernels-<gpu>-<date>.json (and $OUT).
+What it measures, float32, for each op and config (see docs/performance.md, "Kernels"):
+  ops        spherical harmonics l<=3 (20k, 2M edges); the conv (gather, CG tensor product with per-edge radial
+             weights, scatter-sum) at 32ch l<=3 20k, 128ch l0 20k, 128ch l<=1 20k and 300k, 64ch l<=2 150k edges;
+             the symmetric contraction 128ch l<=3 -> l<=1 and -> l0, correlation 3, 10 elements, 5k nodes.
+  passes     fwd (no grad); fwdbwd (gradients of every input for a random cotangent); dbl, "force-train"
+             (SH(vec) -> op -> E; F = dE/dvec with create_graph; a loss on F backpropagated to the weights; for the
+             contraction, the gradient of its input instead of F).
+  timings    synced call: median CUDA-event time of 40 calls, each followed by a synchronize (mostly host time
+             for small passes; the 20k-edge conv rows alternate ours and the peers over 3 rounds); GPU: the sum
+             of the call's kernel times (torch.profiler); graph: one call captured in a CUDA graph, median of
+             7 x 20 replays (the GPU's time without launch gaps, as the MD engine runs the model); peak memory;
+             the memory floor (every input read once, every output written once) and the achieved GB/s.
+Peers (optional): MACE's wrappers (mace-torch) around cuequivariance-torch, openequivariance and e3nn; a peer
+that does not import is listed as unavailable and skipped. Before timing, every kernel the run needs is compiled
+in parallel worker processes (--warm-jobs; TUMBLER_AUTOTUNE=compile), so the timed process only tunes tiles.
+Writes bench/results/kernels-<GPU>-<UTC time>.json (and $OUT/ when set) and prints the table last.
 """
 from __future__ import annotations
 
-import datetime
+import argparse
 import json
 import os
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from result_file import header, write_result  # noqa: E402 (bench/ is still on the path here)
 
 # this file is bench/kernels.py: drop its folder from the path so `import kernels` is the package
 _HERE = Path(__file__).resolve().parent
@@ -35,7 +43,6 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import kernels  # noqa: E402
-from kernels.triton import conv as triton_conv  # noqa: E402
 
 
 def _peers():
@@ -192,10 +199,6 @@ def measure(fn, graph_fn=None) -> dict:
     return out
 
 
-def sweep_measure(fn, graph_fn=None) -> dict:
-    return {"": med_ms(fn, warm=5, rep=20), "_gpu": gpu_ms(fn)}
-
-
 def graph(n, k, seed=0):
     g = torch.Generator().manual_seed(seed)
     recv = torch.arange(n).repeat_interleave(k)
@@ -345,42 +348,6 @@ def bench_sc(ops, peers_on, measure, quick):
     return rows
 
 
-SWEEP = {  # tuning knobs of kernels/triton/conv.py (knob(), cleared after each change), and the values tried
-    "TUMBLER_CONV_RECV_CFG": ["4,32,4", "2,32,1", "2,64,2", "2,64,4"],
-    "TUMBLER_CONV_NODE_CFG": ["8,32,4", "4,32,4", "16,32,4", "8,64,4", "4,128,4", "8,128,8", "16,128,16", "4,64,4"],
-    "TUMBLER_CONV_EDGE_CFG": ["8,32,8", "4,32,4", "4,64,8", "2,128,8"],
-    "TUMBLER_CONV_STAGES": ["1", "2", "4", "5"],
-    "TUMBLER_CONV_SENDER": ["off", "noY"],
-    "TUMBLER_CONV_SENDER_FORM": ["output", "component"],
-}
-
-
-def _sweep_knobs(argv) -> dict:
-    """SWEEP, or the knobs named by --sweep=VAR[,VAR]; SWEEP_VALUES="A;B;.." in the environment replaces their
-    values."""
-    named = [a[len("--sweep="):].split(",") for a in argv if a.startswith("--sweep=")]
-    values = os.environ.get("SWEEP_VALUES")
-    return {k: (values.split(";") if values else v) for k, v in SWEEP.items() if not named or k in named[0]}
-
-
-def sweep(ops, measure, cfgs, knobs):
-    """Each knob's values on each conv config, one knob at a time (the others at their defaults)."""
-    rows = []
-    for var, cands in knobs.items():
-        for cand in cands:
-            os.environ[var] = cand
-            triton_conv.knobs_changed()
-            for c in cfgs:
-                OPTS["cfg"] = [c]
-                for r in bench_conv(ops, [], measure, False):
-                    rows.append(dict(op="sweep", cfg=r["cfg"], var=var, value=cand,
-                                     **{k: r[k] for p in ("fwd", "fwdbwd", "dbl") for k in (p, p + "_gpu") if k in r}))
-            del os.environ[var]
-            triton_conv.knobs_changed()
-    OPTS["cfg"] = None
-    return rows
-
-
 def table(rows) -> str:
     """One line per (op, cfg, pass): ours, best peer, ratio (peer/ours: > 1 means we are faster), memory; then
     the same comparison by CUDA-graph replay (the GPU's time without the host's launch gaps)."""
@@ -417,76 +384,99 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
-def combine(paths) -> str:
+
+
+def show(paths) -> str:
     """Table from saved JSON files: for each (op, cfg) the latest row of each backend (files in order)."""
     rows: dict = {}
     devices = set()
     for path in paths:
         d = json.loads(Path(path).read_text())
-        devices.add(d["device"])
+        devices.add(f"{d['device']}, {d['date'][:10]}")
         for r in d["rows"]:
-            if "backend" in r and r.get("op") != "sweep":
+            if "backend" in r:
                 rows[(r["op"], r["cfg"], r["backend"])] = r
-    return "=== " + ", ".join(sorted(devices)) + "  (x faster = best peer ms / ours ms)\n" + table(list(rows.values()))
+    return "=== " + "; ".join(sorted(devices)) + "  (x faster = best peer ms / ours ms)\n" + table(list(rows.values()))
 
 
-def main(argv):
-    if argv and argv[0] == "--combine":
-        print(combine(argv[1:]))
+PARTS = {"sh": SH, "conv": CONV, "sc": SC}
+
+
+def warm_up(parts, args) -> None:
+    """Compile every kernel the timed run needs, one worker process per (op, config, pass), in parallel: Triton
+    compiles on the CPU, one kernel at a time per process. TUMBLER_AUTOTUNE=compile compiles every tile candidate
+    too, so the timed process tunes without compiling."""
+    jobs = []
+    for part in parts:
+        cfgs = args.cfg if args.cfg is not None else range(1 if args.quick else len(PARTS[part]))
+        for c in cfgs:
+            for ps in ((args.passes,) if args.passes else ("fwd", "fwdbwd") if part == "sh" else ("fwd", "fwdbwd", "dbl")):
+                jobs.append([sys.executable, __file__, part, "--cfg", str(c), "--pass", ps, "--warm"])
+    env = {**os.environ, "TUMBLER_AUTOTUNE": os.environ.get("TUMBLER_AUTOTUNE", "compile")}
+    t0 = time.perf_counter()
+
+    def run(cmd):
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.warm_timeout)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(cmd[2:])}: still compiling after {args.warm_timeout} s"
+        return None if r.returncode == 0 else f"{' '.join(cmd[2:])}: exit {r.returncode}: {r.stderr[-300:]}"
+
+    with ThreadPoolExecutor(args.warm_jobs) as pool:
+        failed = [f for f in pool.map(run, jobs) if f]
+    print(f"warm-up: {len(jobs)} processes, {time.perf_counter() - t0:.0f} s" + "".join("\n  " + f for f in failed),
+          flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("parts", nargs="*", metavar="{sh,conv,sc}", help="ops to time (default: all three)")
+    p.add_argument("--peers", nargs="?", const="e3nn,cueq,oeq", default="",
+                   help="time these peers too (default list when given alone: %(const)s)")
+    p.add_argument("--quick", action="store_true", help="first config of each op only")
+    p.add_argument("--cfg", type=lambda v: [int(i) for i in v.split(",")], help="config indices, e.g. 0,3")
+    p.add_argument("--pass", dest="passes", help="passes, e.g. fwd,fwdbwd (default: all)")
+    p.add_argument("--profile", action="store_true", help="also print each pass's GPU kernels (torch.profiler)")
+    p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay timing")
+    p.add_argument("--no-warm-up", action="store_true", help="skip the parallel compilation before timing")
+    p.add_argument("--warm-jobs", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)),
+                   help="worker processes of the warm-up (default %(default)s)")
+    p.add_argument("--warm-timeout", type=float, default=300, help="seconds per warm-up process")
+    p.add_argument("--warm", action="store_true", help="internal: run the selected passes once, untimed, and exit")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the table of saved runs and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        print(show(args.table))
         return
-    if argv and argv[0] == "--sweep-warm-jobs":  # one command per knob value and config, to run in parallel
-        cfgs = [int(i) for a in argv if a.startswith("--cfg=") for i in a[6:].split(",")] or range(len(CONV))
-        print("\n".join(f"{var}={v} python3 bench/kernels.py conv --cfg={c} --warm"
-                        for var, vals in _sweep_knobs(argv).items() for v in vals for c in cfgs))
-        return
-    parts = [a for a in argv if not a.startswith("--")] or ["sh", "conv", "sc"]
-    quick = "--quick" in argv
-    for a in argv:
-        if a.startswith("--cfg="):
-            OPTS["cfg"] = [int(i) for i in a[6:].split(",")]
-        if a.startswith("--pass="):
-            OPTS["pass"] = a[7:]
-    OPTS["warm"] = "--warm" in argv
-    OPTS["profile"] = "--profile" in argv
-    OPTS["graph"] = "--no-graph" not in argv
-    peers_on = []
-    info = {}
-    if "--peers" in argv and "--warm" not in argv:
-        peers = _peers()
-        info = peers.available()
-        wanted = os.environ.get("PEERS", "e3nn,cueq,oeq").split(",")
-        peers_on = [k for k, v in info.items() if v is True and k in wanted]
+    parts = args.parts or list(PARTS)
+    if set(parts) - set(PARTS):
+        p.error(f"unknown ops {sorted(set(parts) - set(PARTS))}: choose from sh, conv, sc")
+    OPTS.update(cfg=args.cfg, warm=args.warm, profile=args.profile, graph=not args.no_graph)
+    OPTS["pass"] = args.passes
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU (the reference ops on the CPU are the tests' oracle, not a benchmark)")
+    if not args.warm and not args.no_warm_up:
+        warm_up(parts, args)
+    peers_on, info = [], {}
+    if args.peers and not args.warm:
+        info = _peers().available()
+        peers_on = [k for k, v in info.items() if v is True and k in args.peers.split(",")]
     ops = kernels.get_ops("triton")
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-           "triton": __import__("triton").__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()[:26] + "Z",
-           "peers": info, "rows": []}
-    print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
-    if any(a.split("=")[0] == "--sweep" for a in argv):
-        cfgs = range(len(CONV)) if OPTS["cfg"] is None else OPTS["cfg"]
-        res["rows"] += sweep(ops, sweep_measure, cfgs, _sweep_knobs(argv))
-        print("\n".join(f"sweep {r['cfg']:<16} {r['var']:<22} {r['value']:<9} "
-                        + " ".join(f"{p} {r.get(p, float('nan')):.3f} (GPU {r.get(p + '_gpu', float('nan')):.3f})"
-                                   for p in ("fwd", "fwdbwd", "dbl"))
-                        for r in res["rows"] if r["op"] == "sweep"))
-        parts = []
+    res = header(torch.cuda.get_device_name(0))
+    res.update(triton=__import__("triton").__version__, argv=sys.argv[1:], peers=info, rows=[])
+    if not args.warm:
+        print(json.dumps({k: v for k, v in res.items() if k != "rows"}), flush=True)
     for part, fn in (("sh", bench_sh), ("conv", bench_conv), ("sc", bench_sc)):
         if part in parts:
-            res["rows"] += fn(ops, peers_on, measure, quick)
-    if OPTS["warm"]:
-        print("warm:", argv, [{k: v for k, v in r.items() if k.endswith("_first_s")} for r in res["rows"]])
+            res["rows"] += fn(ops, peers_on, measure, args.quick)
+    if args.warm:
         return
     from kernels.triton import autotune
     res["autotune"] = autotune.choices()  # the tiles the timed calls ran with (candidates[0]: the defaults)
-    print("autotune:", json.dumps(res["autotune"]))
-    gpu = res["device"].replace(" ", "-")
-    name = f"kernels-{gpu}-{res['date'][:19].replace(':', '')}.json"  # to the second: runs in one minute
-    for d in [Path(__file__).resolve().parent / "results"] + ([Path(os.environ["OUT"])] if "OUT" in os.environ else []):
-        d.mkdir(parents=True, exist_ok=True)
-        (d / (name + ".tmp")).write_text(json.dumps(res, indent=1))
-        (d / (name + ".tmp")).replace(d / name)
-    print("\n=== " + res["device"] + "  (x faster = best peer ms / ours ms)")
+    path = write_result("kernels", res)
+    print(f"\n=== {res['device']}, {res['date']}  (x faster = best peer ms / ours ms; {path})")
     print(table(res["rows"]))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,34 +1,33 @@
-"""MD step time on one GPU: tumbler (ASE calculator path and the device-resident engine) vs MACE, one run.
+"""MD speed on one GPU: tumbler's device-resident engine and its ASE calculator against MACE, in one process.
 
-Same model size on both sides: 2 interactions, 128 channels, hidden l <= 1, edge harmonics l <= 3, correlation 3,
-r_max 5 Å, 8 Bessel functions, radial MLP 64x64x64, float32, random weights (speed only). Systems:
-  cu864    fcc Cu 6x6x6 cubic cells (864 atoms), NVE, 1 fs, 300 K start
-  cu4000   fcc Cu 10x10x10 cubic cells (4000 atoms)
-  3bpa64   3BPA (27 atoms, first frame of shared/data/3BPA/train_300K.xyz), 64 replicas at 300..900 K (Langevin):
-           our engine batches the 64 replicas; the ASE paths run one molecule ("3bpa1"), and MACE also runs the
-           64 copies as one far-apart "supermolecule" ("3bpa64" with MACE = one structure of 1728 atoms).
-Rows: ms per MD step and atom-steps per second; then the largest fcc Cu cell whose forces fit in GPU memory
-(ours: one padded static step; MACE: one get_forces per backend). MACE goes through mace.calculators.
-MACECalculator with each backend it has (e3nn, cuEquivariance, OpenEquivariance), as
-/work/shared/bench/peers_gpu.py builds and calls it (peer bundle: /work/shared/bench/make_peer_bundle.sh).
+    python bench/md.py --bpa train_300K.xyz            # the README's MD table (about 5-9 minutes on an H200)
+    python bench/md.py --parts engine,ase              # ours only (MACE not installed)
+    python bench/md.py --quick --cpu                   # tiny sizes on the CPU: a smoke test, not a measurement
 
-    python bench/md.py [--parts engine,ase,mace,maxsize] [--steps 100] [--budget-s 240] [--quick]
-
-Writes JSON to bench/results/md-<gpu>-<utc time>.json (and $OUT/md.json when $OUT is set), after every row, so
-a run cut short keeps what it measured; prints a table last. --quick: tiny sizes, runs on CPU too (smoke test).
-
-One device call: `bash bench/run_md_gpu.sh` (repo root; carry .whl with the ase and vesin wheels, .peers with
-peers.tar.xz, .bench_data with 3bpa_first.xyz, and .tcache from an earlier call to skip compiling).
-CPU side by side (MACE from the peer bundle with cp311 wheels of its extra needs on PYTHONPATH):
-    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python bench/md.py --cpu --parts ase,mace --mace-backends e3nn \
-        --mace-late-backends "" --systems 3bpa1
+Both sides use the same model size: 2 interactions, 128 channels, hidden l <= 1, edge harmonics l <= 3,
+correlation 3, r_max 5 Å, 8 Bessel functions, radial MLP 64x64x64, float32, random weights (speed only).
+Systems:
+  cu864    fcc Cu, 6x6x6 cubic cells (864 atoms), NVE velocity Verlet, 1 fs, 300 K start
+  cu4000   fcc Cu, 10x10x10 cubic cells (4000 atoms)
+  3bpa64   64 replicas of 3BPA (27 atoms; the first frame of --bpa, e.g. train_300K.xyz of the 3BPA set) at
+           300..900 K under Langevin: our engine batches them; MACE runs them as one 1728-atom structure of
+           far-apart copies; the ASE rows ("3bpa1") run one molecule. Without --bpa the 3BPA rows are skipped.
+Parts (--parts): engine = potential.simulation.dynamics.Dynamics (`md.py --engine gpu`: one CUDA graph per
+step, 100 timed steps); ase = potential.Calculator in ASE's VelocityVerlet (20 timed steps, list rebuilds
+included; on CUDA it replays the same captured step), and its eager path for contrast; mace, mace_late =
+mace.calculators.MACECalculator in ASE, once per backend (cuEquivariance, e3nn; OpenEquivariance late);
+maxsize = the largest fcc Cu cell whose forces fit in GPU memory (ours: one static step; MACE: get_forces).
+Rows give ms per MD step (mean over the timed steps) and atom-steps per second. Before timing on a GPU, the
+model's kernels are compiled in parallel worker processes (TUMBLER_AUTOTUNE=compile).
+Writes bench/results/md-<GPU>-<UTC time>.json (and $OUT/ when set) after every row, so a run cut short keeps
+what it measured, and prints a table last.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
+import subprocess
 import os
 import sys
 import time
@@ -38,10 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from result_file import device_name, header, write_result  # noqa: E402 (bench/, this file's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BPA_FILE = ROOT.parent / "shared" / "data" / "3BPA" / "train_300K.xyz"  # --bpa overrides (first frame is used)
+BPA_FILE = None  # --bpa: an xyz file of 3BPA (its first frame is used); None skips the 3BPA systems
 
 
 class Bench:
@@ -49,14 +50,8 @@ class Bench:
         self.args = args
         self.t0 = time.perf_counter()
         self.device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-        name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.results = {"device": name, "torch": torch.__version__, "time_utc": stamp, "argv": sys.argv[1:],
-                        "rows": []}
-        tag = name.replace(" ", "_").replace("/", "_")
-        self.paths = [ROOT / "bench" / "results" / f"md-{tag}-{stamp}.json"]
-        if os.environ.get("OUT"):
-            self.paths.append(Path(os.environ["OUT"]) / "md.json")
+        self.results = {**header(device_name(self.device)), "argv": sys.argv[1:], "rows": []}
+        self.path = None
 
     def left(self) -> float:
         return self.args.budget_s - (time.perf_counter() - self.t0)
@@ -65,9 +60,7 @@ class Bench:
         kw["t_s"] = round(time.perf_counter() - self.t0, 1)
         self.results["rows"].append(kw)
         print(json.dumps(kw), flush=True)
-        for p in self.paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(self.results, indent=1))
+        self.path = write_result("md", self.results)
 
     def sync(self):
         if self.device.type == "cuda":
@@ -135,7 +128,7 @@ def ours_model(elements, device, quick=False):
 
 
 def mace_model(atomic_numbers, path):
-    """ScaleShiftMACE as peers_gpu.py builds it: 128x0e+128x1o hidden, max_ell 3, correlation 3, 2 layers."""
+    """MACE's ScaleShiftMACE at the size of ours: 128x0e+128x1o hidden, max_ell 3, correlation 3, 2 layers."""
     from e3nn import o3
     import mace.modules as mm
 
@@ -187,7 +180,8 @@ def part_engine(bench):
     model_bpa = ours_model([1, 6, 7, 8], bench.device, a.quick)
     cases = [(name, model_cu, [with_velocities(make(), 300)], None) for name, make in systems(a.quick).items()]
     temps = np.linspace(300, 900, a.replicas)
-    cases.append(("3bpa64", model_bpa, [with_velocities(bpa(), t, seed=k) for k, t in enumerate(temps)], temps))
+    if BPA_FILE is not None:
+        cases.append(("3bpa64", model_bpa, [with_velocities(bpa(), t, seed=k) for k, t in enumerate(temps)], temps))
     variants = [(None, "auto")]  # (cuda_graph, contraction)
     extra = [(True, "grouped"), (False, "auto")] if bench.device.type == "cuda" else []
     for name, model, atoms_list, temps in cases:
@@ -246,6 +240,8 @@ def part_ase(bench):
 
 
 def wanted(args, system: str) -> bool:
+    if system.startswith("3bpa") and BPA_FILE is None:
+        return False
     return not args.systems or system in args.systems.split(",")
 
 
@@ -374,6 +370,26 @@ def warm(part: str) -> None:
     print(f"warm {part} done", flush=True)
 
 
+def warm_up(timeout: float) -> None:
+    """Compile the kernels of the bench model in parallel, one worker process per op (WARM_PARTS): Triton compiles
+    on the CPU, one kernel at a time per process. TUMBLER_AUTOTUNE=compile compiles every tile candidate too, so
+    the timed run tunes without compiling."""
+    env = {**os.environ, "TUMBLER_AUTOTUNE": os.environ.get("TUMBLER_AUTOTUNE", "compile")}
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--warm", part], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for part in WARM_PARTS]
+    for part, proc in zip(WARM_PARTS, procs):
+        try:
+            _, err = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+            if proc.returncode:
+                print(f"warm-up {part}: exit {proc.returncode}: {err[-300:]}", flush=True)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            print(f"warm-up {part}: still compiling after {timeout:.0f} s (the timed run compiles the rest)")
+    print(f"warm-up: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def table(results):
     lines = [f"device: {results['device']}  torch {results['torch']}",
              f"{'part':9} {'impl':26} {'system':8} {'atoms':>7} {'ms/step':>9} {'atom-steps/s':>13} {'note'}"]
@@ -397,7 +413,8 @@ def table(results):
 def main(argv=None):
     global BPA_FILE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="engine,ase,mace,maxsize,mace_late")
+    p.add_argument("--parts", default="engine,ase,mace,maxsize,mace_late",
+                   help="comma-separated, run in this order (default %(default)s)")
     p.add_argument("--steps", type=int, default=100, help="timed engine steps (after 10 warm-up steps)")
     p.add_argument("--ase-steps", type=int, default=20, help="timed ASE steps (after 5 warm-up steps)")
     p.add_argument("--replicas", type=int, default=64)
@@ -407,19 +424,26 @@ def main(argv=None):
     p.add_argument("--maxsize-backends", default="cueq,e3nn", help="MACE backends in the memory test")
     p.add_argument("--max-sizes", default="tumbler=40,50,60,68;cueq=34,36,38,40;e3nn=14,18,20,22;oeq=34,36,38",
                    help="fcc Cu n (n^3 x 4 atoms) tried in the memory test, per implementation")
-    p.add_argument("--budget-s", type=float, default=240.0, help="stop starting new rows after this many seconds")
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="start no new row after this many seconds of timing (default %(default)s)")
     p.add_argument("--systems", default="", help="only these systems in the ase and mace parts (e.g. 3bpa1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; CPU is fine)")
     p.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is present")
-    p.add_argument("--bpa", default=str(BPA_FILE), help="3BPA xyz file (its first frame is used)")
-    p.add_argument("--warm", choices=WARM_PARTS, help="only compile the Triton kernels of one op, then exit")
+    p.add_argument("--bpa", help="3BPA xyz file, e.g. train_300K.xyz (its first frame is used); "
+                                 "without it the 3BPA systems are skipped")
+    p.add_argument("--no-warm-up", action="store_true", help="skip the parallel compilation before timing")
+    p.add_argument("--warm-timeout", type=float, default=180, help="seconds per warm-up process")
+    p.add_argument("--warm", choices=WARM_PARTS, help="internal: only compile the Triton kernels of one op, then exit")
     args = p.parse_args(argv)
     if args.warm:
         warm(args.warm)
         return
-    BPA_FILE = Path(args.bpa)
-    if not BPA_FILE.exists():
-        p.error(f"--bpa {BPA_FILE}: no such file (the 3BPA set lives in ../shared/data/3BPA)")
+    if args.bpa:
+        BPA_FILE = Path(args.bpa)
+        if not BPA_FILE.exists():
+            p.error(f"--bpa {BPA_FILE}: no such file")
+    if torch.cuda.is_available() and not args.cpu and not args.no_warm_up:
+        warm_up(args.warm_timeout)
     if args.quick:
         args.max_sizes = "tumbler=2,3;cueq=2,3;e3nn=2,3;oeq=2,3"
     bench = Bench(args)
@@ -427,7 +451,7 @@ def main(argv=None):
              "mace_late": part_mace_late}
     for name in args.parts.split(","):
         parts[name](bench)
-    print("\n=== md bench (" + ", ".join(str(x) for x in bench.paths) + ")")
+    print(f"\n=== md bench ({bench.path})")
     print(table(bench.results))
 
 

@@ -1,8 +1,9 @@
-"""Peer implementations measured in our process: e3nn, cuEquivariance and OpenEquivariance through
-MACE's own wrappers (adapted from ../shared/bench/peers_gpu.py, the team's peer baseline script).
+"""Peer implementations measured in bench/kernels.py's process: e3nn, cuEquivariance and OpenEquivariance,
+each called through MACE's own wrappers (mace.modules.wrapper_ops, mace.modules.blocks), as MACE runs them.
 
-Each function returns rows (dicts) with median ms of the same passes bench/kernels.py times for ours.
-Peers need the bundle of ../shared/bench/make_peer_bundle.sh on PYTHONPATH; `available()` says which.
+Each function returns rows (dicts) with the same figures of the same passes bench/kernels.py times for ours.
+The peers are optional: they need mace-torch, and cuequivariance-torch (with its CUDA ops package) or
+openequivariance, importable; `available()` says which import and why the others do not.
 """
 from __future__ import annotations
 
@@ -115,8 +116,8 @@ def _timed_passes(row: dict, measure, **passes) -> dict:
 def sc_rows(lmax_in, lmax_out, C, species, n_el, corr, backends, measure):
     """The symmetric contraction of MACE's EquivariantProductBasisBlock for C x (l <= lmax_in) -> l <= lmax_out:
     the block's own forward (one-hot attributes to species indices, layout) with its linear replaced by the
-    identity, so that it computes what our op computes. (The peers' baseline in ../shared timed the whole
-    block, linear included.)"""
+    identity, so that it computes what our op computes. (Timing the whole block, linear included, would
+    flatter our contraction.)"""
     from e3nn import o3
     from mace.modules.blocks import EquivariantProductBasisBlock
     dev = species.device

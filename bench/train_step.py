@@ -1,31 +1,32 @@
-"""Steady-state time of one force-training step (bench/first_use.py's model and step), with torch's autograd
-engine running the backward on its CUDA device thread (torch's default) or on the calling thread
-(torch.autograd.set_multithreading_enabled(False)). GPU only.
+"""Training speed on one GPU: steady-state time of one force-training step, and what the autograd thread costs.
 
-    python bench/train_step.py [--copies=8,64] [--rounds=5] [--steps=20] [--profile] [--captured]
+    python bench/train_step.py --xyz train_300K.xyz                  # 3BPA x 8 and x 64, the documented sizes
+    python bench/train_step.py --xyz mol.xyz --copies 8 --profile    # where the host time goes (cProfile)
 
---profile: instead, the Python functions that take the host time of 50 steps (cProfile, by own time).
---captured: instead, the whole optimizer step of potential/training.py (loss on energies and forces, backward,
-gradient clipping, AdamW, EMA) run eagerly (training.graph=off) against the padded step captured as a CUDA graph
-(potential.training.captured_step.TrainStep, training.graph=on), both on the calling thread.
-
-The settings alternate within each round, so a drift of the host's speed hits both alike. Prints the median
-ms per step of each setting and size (median over rounds of the per-round medians).
+The step is bench/first_use.py's: a 64-channel, hidden-l<=1, correlation-3, two-layer model (float32, Triton
+kernels) on `copies` copies of the first structure of --xyz (3BPA, 27 atoms, for the documented numbers):
+forces by autograd with create_graph, a loss on them, and its gradient to every weight, then a synchronize. No
+optimizer, data loading or validation: this is the model's part of a training step. Each setting is timed
+with torch's autograd engine running the backward on its CUDA device thread (torch's default) and on the
+calling thread (torch.autograd.set_multithreading_enabled(False), what tumbler's trainer does), alternating
+within each round so a drift of the host's speed hits both alike. Prints the median ms per step of each
+setting and size (median over rounds of each round's median) and writes
+bench/results/train-step-<GPU>-<UTC time>.json (and $OUT/ when set). GPU only.
 """
 from __future__ import annotations
 
+import argparse
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from first_use import ROOT, force_train_step  # noqa: E402
+from first_use import force_train_step
+from result_file import header, write_result
 
 
 def median_ms(step, steps: int, one_thread: bool) -> float:
+    import time
     times = []
     with torch.autograd.set_multithreading_enabled(not one_thread):
         for _ in range(steps):
@@ -35,74 +36,26 @@ def median_ms(step, steps: int, one_thread: bool) -> float:
     return float(np.median(times)) * 1e3
 
 
-def full_steps(model, copies: int, xyz: str):
-    """(eager step, captured step): each one optimizer step of its own copy of `model` on `copies` copies of the
-    structure, labelled with energy 0 and forces 0 (the numbers do not matter for the time), synced."""
-    import copy
-
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--xyz", required=True, help="ASE-readable structure file; its first frame is used")
+    p.add_argument("--copies", default="8,64", help="batch sizes in copies of the structure (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per setting and round (default %(default)s)")
+    p.add_argument("--profile", action="store_true", help="instead, cProfile 50 steps (by own and cumulative time)")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU")
+    result = header(torch.cuda.get_device_name())
+    result.update(xyz=args.xyz, rounds=args.rounds, steps=args.steps, rows=[])
+    print(result["device"], "torch", torch.__version__, flush=True)
     import ase.io
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    from data import Batch
-    from potential.training.captured_step import TrainStep
-    from potential.training.metrics import ErrorMetrics, LossWeights, compute_loss
-
-    batch = Batch.from_atoms([ase.io.read(xyz)] * copies, cutoff=5.0, device="cuda", dtype=torch.float32)
-    batch.energy.zero_()
-    batch.has_energy.fill_(True)
-    batch.has_forces.fill_(True)
-    weights = LossWeights(energy=1.0, forces=100.0)
-    steps = []
-    for capturable in (False, True):
-        m = copy.deepcopy(model)
-        params = list(m.parameters())
-        optimizer = torch.optim.AdamW(params, lr=1e-3, amsgrad=True, capturable=capturable)
-        ema = AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(0.99))
-        if not capturable:
-            def eager(m=m, params=params, optimizer=optimizer, ema=ema):  # Trainer._train_epoch's loop body
-                out = m(batch, forces=True, training=True)
-                loss, _ = compute_loss(batch, out, weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 10.0)
-                optimizer.step()
-                ema.update_parameters(m)
-                ErrorMetrics(batch.positions.device).update(batch, out, loss)
-                torch.cuda.synchronize()
-            steps.append(eager)
-        else:
-            train_step = TrainStep(m, optimizer, weights, batch_size=copies, forces=True, stress=False,
-                                   clip_grad_norm=10.0, ema=ema, ema_decay=0.99)
-
-            def captured(train_step=train_step):
-                train_step(batch)
-                torch.cuda.synchronize()
-            steps.append(captured)
-    return steps
-
-
-def main(argv):
-    opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
-    xyz = opts.get("xyz", str(ROOT / ".bench_data" / "3bpa_first.xyz"))
-    rounds, steps = int(opts.get("rounds", "5")), int(opts.get("steps", "20"))
-    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
-    for copies in (int(c) for c in opts.get("copies", "8,64").split(",")):
-        model, step = force_train_step(xyz, copies)
-        if "--captured" in argv:
-            eager, captured = full_steps(model, copies, xyz)
-            for fn in (eager, captured, eager, captured):  # compile, tune, capture, warm
-                fn()
-            got = {"eager": [], "captured": []}
-            for _ in range(rounds):
-                for name, fn in (("eager", eager), ("captured", captured)):
-                    got[name].append(median_ms(fn, steps, one_thread=True))
-            for name, v in got.items():
-                print(f"3BPA x {copies:<3} {name + ' step':<15} {np.median(v):7.2f} ms per optimizer step   "
-                      f"rounds {' '.join(f'{x:.2f}' for x in v)}", flush=True)
-            continue
+    per_copy = len(ase.io.read(args.xyz, index=0))
+    for copies in (int(c) for c in args.copies.split(",")):
+        _, step = force_train_step(args.xyz, copies)
         for _ in range(3):  # compile, tune, warm
             step()
-        if "--profile" in argv:
+        if args.profile:
             import cProfile
             import pstats
             prof = cProfile.Profile()
@@ -111,13 +64,19 @@ def main(argv):
             pstats.Stats(prof).sort_stats("cumtime").print_stats(40)
             continue
         got = {False: [], True: []}
-        for _ in range(rounds):
+        for _ in range(args.rounds):
             for one_thread in (False, True):
-                got[one_thread].append(median_ms(step, steps, one_thread))
+                got[one_thread].append(median_ms(step, args.steps, one_thread))
         for one_thread, v in got.items():
-            print(f"3BPA x {copies:<3} {'calling thread' if one_thread else 'device thread ':<15} "
-                  f"{np.median(v):7.2f} ms per step   rounds {' '.join(f'{x:.2f}' for x in v)}", flush=True)
+            thread = "calling" if one_thread else "device"
+            result["rows"].append(dict(copies=copies, atoms=copies * per_copy, backward_thread=thread,
+                                       ms_per_step=float(np.median(v)), rounds_ms=v))
+            print(f"x {copies:<3} {thread + ' thread':<15} {np.median(v):7.2f} ms per step   "
+                  f"rounds {' '.join(f'{x:.2f}' for x in v)}", flush=True)
+    if result["rows"]:
+        print(f"wrote {write_result('train-step', result)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())
