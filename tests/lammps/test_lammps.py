@@ -134,12 +134,10 @@ def test_nve_conserves_energy_like_ase(lmp, models, tmp_path):
         pe.append(md_atoms.get_potential_energy())
         etotal.append(pe[-1] + md_atoms.get_kinetic_energy())
 
-    record()
     dyn = VelocityVerlet(md_atoms, timestep=1.0 * units.fs)
-    dyn.attach(record, interval=1)
+    dyn.attach(record, interval=1)  # ASE calls it before the first step and after each step
     dyn.run(steps)
-    pe, etotal = np.array(pe[1:] if len(pe) == steps + 2 else pe), np.array(etotal[1:] if len(pe) == steps + 2
-                                                                            else etotal)
+    pe, etotal = np.array(pe), np.array(etotal)
     assert got["pe"].shape == (steps + 1,) and pe.shape == (steps + 1,)
     # the potential energy moves by ~0.1 eV over the run; the two codes follow the same trajectory
     assert np.ptp(pe) > 1e-2
@@ -162,3 +160,17 @@ def test_two_layers_without_ghostneigh_is_an_error(lmp, models, tmp_path):
     proc = lmp.run(tmp_path, cu_triclinic(), exported, ELEMENTS, ghostneigh=0, expect_failure=True)
     output = proc.stdout + proc.stderr
     assert "ghostneigh" in output and "comm_modify cutoff 8" in output, output[-3000:]
+
+
+@pytest.mark.gpu
+def test_model_on_cuda_in_a_cpu_lammps(lmp, models, tmp_path):
+    """The plain (CPU) LAMMPS build with the model on the GPU (fused Triton kernels via the "auto" backend)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model, exported = models[2]
+    atoms = cu_cubic()
+    got = lmp.run(tmp_path, atoms, exported, ELEMENTS, skin=SKIN, comm_cutoff=comm_cutoff(2), nprocs=2,
+                  processors="2 1 1", device="cuda")
+    assert_matches(got, reference(model, atoms))
