@@ -53,8 +53,8 @@ def require_lammps() -> None:
         if not (prefix() / ".built").exists():
             _available = f"no LAMMPS build in {prefix()}: run `bash tools/build_lammps.sh`"
         else:
-            check = ("from lammps import lammps; import lammps.mliap; "
-                     "l = lammps(cmdargs=['-log', 'none', '-screen', 'none']); "
+            check = ("import lammps, lammps.mliap; "
+                     "l = lammps.lammps(cmdargs=['-log', 'none', '-screen', 'none']); "
                      "assert l.has_package('ML-IAP') and l.has_package('PYTHON'), l.installed_packages; "
                      "lammps.mliap.activate_mliappy(l)")
             run = subprocess.run([sys.executable, "-c", check], env=environment(), capture_output=True, text=True,
@@ -69,6 +69,7 @@ def write_data(atoms, path: Path, elements: list[str]) -> None:
     """A LAMMPS data file (atom_style atomic, metal units) of ``atoms`` whose cell is already in LAMMPS's
     lower-triangular form (a along x, b in the xy plane), so no rotation is needed; positions are wrapped into
     the cell and written with repr (exact doubles). Types follow ``elements``; velocities (if any) in Å/ps."""
+    fmt = lambda v: repr(float(v))  # noqa: E731  (shortest exact decimal of a double)
     cell = atoms.cell.array
     if abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) > 0:
         raise ValueError(f"write_data: cell {cell.tolist()} is not lower triangular (use cell.standard_form())")
@@ -76,16 +77,16 @@ def write_data(atoms, path: Path, elements: list[str]) -> None:
     pos = scaled @ cell
     types = [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
     lines = ["tumbler test structure", "", f"{len(atoms)} atoms", f"{len(elements)} atom types",
-             f"0.0 {cell[0, 0]!r} xlo xhi", f"0.0 {cell[1, 1]!r} ylo yhi", f"0.0 {cell[2, 2]!r} zlo zhi",
-             f"{cell[1, 0]!r} {cell[2, 0]!r} {cell[2, 1]!r} xy xz yz", "", "Masses", ""]
-    lines += [f"{k + 1} {atomic_masses[atomic_numbers[s]]!r}" for k, s in enumerate(elements)]
+             f"0.0 {fmt(cell[0, 0])} xlo xhi", f"0.0 {fmt(cell[1, 1])} ylo yhi", f"0.0 {fmt(cell[2, 2])} zlo zhi",
+             f"{fmt(cell[1, 0])} {fmt(cell[2, 0])} {fmt(cell[2, 1])} xy xz yz", "", "Masses", ""]
+    lines += [f"{k + 1} {fmt(atomic_masses[atomic_numbers[s]])}" for k, s in enumerate(elements)]
     lines += ["", "Atoms # atomic", ""]
-    lines += [f"{i + 1} {t} {x!r} {y!r} {z!r}" for i, (t, (x, y, z)) in enumerate(zip(types, pos))]
+    lines += [f"{i + 1} {t} {fmt(x)} {fmt(y)} {fmt(z)}" for i, (t, (x, y, z)) in enumerate(zip(types, pos))]
     velocities = atoms.get_velocities()
     if velocities is not None and np.any(velocities):
         v = velocities * (1000 * units.fs)  # Å per ASE time unit -> Å/ps
         lines += ["", "Velocities", ""]
-        lines += [f"{i + 1} {a!r} {b!r} {c!r}" for i, (a, b, c) in enumerate(v)]
+        lines += [f"{i + 1} {fmt(a)} {fmt(b)} {fmt(c)}" for i, (a, b, c) in enumerate(v)]
     path.write_text("\n".join(lines) + "\n")
 
 
