@@ -183,7 +183,7 @@ class LAMMPSPotential:
             if npairs:  # (an empty array has no first element to point LAMMPS at)
                 data.update_pair_forces(fij.cpu().numpy())
             data.eatoms = owned_energy.cpu().numpy()
-        data.energy = float(energy)
+        data.energy = float(energy.detach())
 
 
 def comm_cutoff(num_interactions: int, r_max: float, skin: float = 2.0) -> float:

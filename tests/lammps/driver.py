@@ -53,7 +53,7 @@ def main(spec_path: str) -> None:
         lmp.commands_list([f"timestep {spec['timestep']}", "fix nve all nve", "thermo 1"])
         pe, etotal = [lmp.get_thermo("pe")], [lmp.get_thermo("etotal")]
         for _ in range(steps):
-            lmp.command("run 1 pre no post no")
+            lmp.command("run 1 post no")  # (with "pre no" the thermo values stayed those of step 0)
             pe.append(lmp.get_thermo("pe"))
             etotal.append(lmp.get_thermo("etotal"))
         out.update(pe=np.array(pe), etotal=np.array(etotal))

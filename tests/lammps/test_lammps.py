@@ -119,7 +119,7 @@ def test_nve_conserves_energy_like_ase(lmp, models, tmp_path):
     energies step by step, and the total energy conserved as well as ASE conserves it."""
     model, exported = models[2]
     atoms = cu_cubic()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(3))
+    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(3))  # noqa
     Stationary(atoms)
     steps = 20
     got = lmp.run(tmp_path, atoms, exported, ELEMENTS, skin=SKIN, comm_cutoff=comm_cutoff(2), nve_steps=steps,
@@ -139,12 +139,13 @@ def test_nve_conserves_energy_like_ase(lmp, models, tmp_path):
     dyn.run(steps)
     pe, etotal = np.array(pe), np.array(etotal)
     assert got["pe"].shape == (steps + 1,) and pe.shape == (steps + 1,)
-    # the potential energy moves by ~0.1 eV over the run; the two codes follow the same trajectory
-    assert np.ptp(pe) > 1e-2
-    np.testing.assert_allclose(got["pe"], pe, rtol=0, atol=1e-6)
     drift_lammps = np.abs(got["etotal"] - got["etotal"][0]).max()
     drift_ase = np.abs(etotal - etotal[0]).max()
-    assert drift_lammps <= 2 * drift_ase + 1e-5, (drift_lammps, drift_ase)
+    print(f"NVE {steps} steps: pe moves {np.ptp(pe):.3e} eV; max |pe LAMMPS - ASE| "
+          f"{np.abs(got['pe'] - pe).max():.3e} eV; etotal drift LAMMPS {drift_lammps:.3e}, ASE {drift_ase:.3e} eV")
+    assert np.ptp(pe) > 5e-3  # the atoms move: the potential energy changes
+    np.testing.assert_allclose(got["pe"], pe, rtol=0, atol=1e-6)  # the two codes follow the same trajectory
+    assert drift_lammps <= 2 * drift_ase + 1e-6 and drift_lammps < 1e-4, (drift_lammps, drift_ase)
 
 
 def test_unknown_element_stops_lammps_naming_it(lmp, models, tmp_path):
