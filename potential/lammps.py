@@ -149,8 +149,9 @@ class LAMMPSPotential:
                 f"neighbour lists: use `pair_style mliap unified FILE 1` (ghostneigh) and `comm_modify cutoff "
                 f"{cut:g}` plus the neighbour skin ({self.num_interactions} x r_max {self.r_max:g} Å + skin)")
         npairs = int(data.npairs)
-        rij = data.rij if npairs else np.zeros((0, 3))  # LAMMPS's arrays are NULL before the first pair
-        device = self._device(rij)
+        lammps_rij = data.rij if npairs else np.zeros((0, 3))  # LAMMPS's arrays are NULL before the first pair
+        on_gpu = hasattr(lammps_rij, "__cuda_array_interface__")  # Kokkos on a GPU: LAMMPS's arrays are cupy
+        device = self._device(lammps_rij)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # Kokkos may still be writing its arrays on its own stream
         as_index = lambda a: torch.as_tensor(a, device=device).to(torch.int64)  # noqa: E731
@@ -158,32 +159,47 @@ class LAMMPSPotential:
         receivers = as_index(data.pair_i if npairs else np.zeros(0, np.int32))  # [P] atom i of each pair
         senders = as_index(data.pair_j if npairs else np.zeros(0, np.int32))  # [P] its neighbour j
         owned = as_index(data.iatoms)[:data.nlistatoms]  # [n] the owned atoms of the list, in eatoms order
-        rij = torch.as_tensor(rij, device=device).to(torch.float64).requires_grad_(True)  # [P, 3] x_j - x_i, Å
+        rij = torch.as_tensor(lammps_rij, device=device).to(torch.float64).requires_grad_(True)  # [P, 3] Å
 
         model = self.model(device)
         species = model.species_index(elems + 1)  # ValueError naming any element the model does not know
-        order = torch.argsort(receivers, stable=True)  # our conv wants receiver-sorted edges
-        graph = kernels.make_graph(senders[order], receivers[order], int(data.ntotal))
+        edges = needed_edges(senders, receivers, owned, int(data.ntotal), self.num_interactions)  # [E]
+        edges = edges[torch.argsort(receivers[edges], stable=True)]  # our conv wants receiver-sorted edges
+        graph = kernels.make_graph(senders[edges], receivers[edges], int(data.ntotal))
         with torch.enable_grad(), calling_thread_backward():
-            vec = rij.index_select(0, order).to(model.dtype)  # [P, 3] Å, sender minus receiver
+            vec = rij.index_select(0, edges).to(model.dtype)  # [E, 3] Å, sender minus receiver
             node_energy = model.node_energies(species, vec, graph)  # [ntotal] eV, float64
             owned_energy = node_energy.index_select(0, owned)  # [n] eV
             energy = owned_energy.sum()
             (grad,) = torch.autograd.grad(energy, rij, allow_unused=True)  # dE_owned / dr_ij [P, 3] eV/Å
-        fij = torch.zeros_like(rij) if grad is None else grad
+        fij = torch.zeros_like(rij) if grad is None else grad  # 0 for the pairs left out
         fij = fij.detach().to(torch.float64).contiguous()
         owned_energy = owned_energy.detach()
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # LAMMPS reads our tensors next, possibly on another stream
 
-        if hasattr(rij, "__cuda_array_interface__"):  # Kokkos on a GPU: device pointers, device views
+        if on_gpu:  # Kokkos: LAMMPS takes the device pointer of fij, and eatoms is a device view to fill
             data.update_pair_forces(fij)
             torch.as_tensor(data.eatoms, device=device).copy_(owned_energy)
-        else:  # the plain build: numpy in, numpy out
+        else:  # the plain build: numpy in, numpy out (the model itself may run on a GPU)
             if npairs:  # (an empty array has no first element to point LAMMPS at)
                 data.update_pair_forces(fij.cpu().numpy())
             data.eatoms = owned_energy.cpu().numpy()
         data.energy = float(energy.detach())
+
+
+def needed_edges(senders: torch.Tensor, receivers: torch.Tensor, owned: torch.Tensor, num_nodes: int,
+                 num_interactions: int) -> torch.Tensor:
+    """Ids [E] of the pairs that the owned atoms' energies depend on: those whose receiver is at most
+    num_interactions - 1 hops from an owned atom. Layer t of an atom reads layer t - 1 of its senders, so the
+    energies of `owned` read the features of the atoms up to T - 1 hops away, each built from its incoming
+    pairs. The others (most of a thick ghost shell, and for one layer every ghost's pairs) contribute nothing
+    and are left out, exactly. senders, receivers [P] and owned [n] index the num_nodes atoms."""
+    near = torch.zeros(num_nodes, dtype=torch.bool, device=receivers.device)  # [N]
+    near[owned] = True
+    for _ in range(num_interactions - 1):
+        near[senders[near[receivers]]] = True  # one more hop out
+    return torch.nonzero(near[receivers]).squeeze(1)
 
 
 def comm_cutoff(num_interactions: int, r_max: float, skin: float = 2.0) -> float:

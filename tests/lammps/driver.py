@@ -59,7 +59,7 @@ def main(spec_path: str) -> None:
         out.update(pe=np.array(pe), etotal=np.array(etotal))
     if lmp.extract_setting("world_rank") == 0:
         np.savez(spec["out"], **out)
-    lmp.close()
+    lmp.finalize()  # close, then MPI_Finalize: OpenMPI calls a rank that exits without it a failure
 
 
 if __name__ == "__main__":
