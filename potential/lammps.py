@@ -7,7 +7,7 @@ Export a model file once, then load the result in any LAMMPS built with ML-IAP's
     units metal                          # eV, Å, ps; forces eV/Å, pressure bar
     atom_style atomic
     newton on                            # ML-IAP needs it (the default)
-    comm_modify cutoff 9.0               # >= num_interactions * r_max + skin (printed by the export command)
+    comm_modify cutoff 10.0              # >= num_interactions x r_max + skin: 2 x 4 Å + 2 Å (the export prints it)
     pair_style mliap unified model-lammps.pkl 1     # 1 = ghostneigh: ghost atoms get neighbour lists too
     pair_coeff * * Cu O                  # element of each atom type, in type order
 
@@ -18,10 +18,12 @@ sum the per-atom energies of the owned atoms only. An owned atom's energy after 
 positions within T * r_max of it, and the features of a ghost within (T - 1) * r_max are exact when all atoms
 within r_max of it are present, hence the communication cutoff T * r_max (+ the neighbour skin, because the
 ghosts are chosen at the last neighbour-list build). Ghosts farther out have truncated lists; their features are
-wrong but reach no owned energy. The pair gradients dE_owned/dr_ij of every pair, ghost pairs included, go back
+wrong but reach no owned energy: we keep only the pairs whose atom i is at most T - 1 hops from an owned atom
+(``needed_edges``), which is exact and skips most of the ghost shell. The pair gradients dE_owned/dr_ij of every pair, ghost pairs included, go back
 through ``update_pair_forces``: LAMMPS adds +g to atom i and -g to atom j (F_j = -dE/dr_ij), then its reverse
 communication moves the ghosts' forces to their owners, and it tallies the virial -sum_ij r_ij (x) g_ij
 (thermo press, compute pressure). Summed over ranks this is the energy, forces and virial of the whole system.
+A one-layer model needs neither ghostneigh nor the larger cutoff (``pair_style mliap unified FILE 0`` works).
 
 Per-atom energies go to LAMMPS's ``eatoms`` (compute pe/atom). The element list handed to LAMMPS is the whole
 periodic table, so a ``pair_coeff`` naming any element is accepted, and an atom of an element the model does not
@@ -35,8 +37,8 @@ streams, so we synchronise before reading LAMMPS's arrays and before handing our
 algorithm serves the Kokkos build of LAMMPS 4Feb2025 (whose data object has no forward_exchange); that path is
 written from the 4Feb2025 sources and is untested on a GPU.
 
-The exported file is a pickle of ``LAMMPSPotential`` (config + weights, no code), so unpickling needs tumbler
-importable in LAMMPS's Python. LAMMPS 4Feb2025 reads a name ending in .pt/.pth with a bare ``torch.load``, which
+The exported file is a pickle of a ``LAMMPSPotential`` that holds the model's config and weights only (the model
+is rebuilt on first use), so unpickling needs tumbler importable in LAMMPS's Python. LAMMPS 4Feb2025 reads a name ending in .pt/.pth with a bare ``torch.load``, which
 torch >= 2.6 refuses for a pickled object (weights_only); so name the file e.g. *.pkl, which LAMMPS unpickles.
 """
 
