@@ -1,7 +1,7 @@
 """The tumbler dataset file: HDF5 layout, key names, shapes, dtypes and units.
 
 This module is the single source of truth for the on-disk format; `data.hdf5` reads
-and writes exactly what is listed here, and the README quotes the table below.
+and writes exactly what is listed here (the README points here).
 
 A file holds B structures with N atoms in total. Per-atom arrays are concatenated
 over structures; structure b owns rows ``ptr[b]:ptr[b+1]``. All datasets live in the
