@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.structure import is_3d_periodic
+
 _CHEM = None
 
 
@@ -141,7 +143,7 @@ def _forward(model, structures, want_stress: bool, device, dtype) -> list[dict]:
     for b, s in enumerate(structures):
         n = int(ptr[b + 1] - ptr[b])
         f = forces[ptr[b] : ptr[b + 1]].copy()
-        periodic = bool(np.all(s.pbc)) and abs(np.linalg.det(np.asarray(s.cell))) > 1e-9
+        periodic = is_3d_periodic(s)
         results.append(
             {
                 "num_atoms": n,

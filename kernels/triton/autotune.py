@@ -1,9 +1,9 @@
 """Tile shapes chosen by measurement on the GPU at hand: autotuning over pruned candidates.
 
 Each launcher (conv.py, contraction.py) names its problem (kernel table, channels, dtype, size class) and
-proposes a short list of tile configs: first the default measured on the H200 (bench/NOTES.md), then the
+proposes a short list of tile configs: first the default measured on the H200 (docs/performance.md), then the
 alternatives that fit its register budget. The pruning happens there: a tile that spills or halves occupancy on
-sm_90 (bench/compile_report.py) is never proposed, so tuning compiles and times three to five candidates, not a
+sm_90 (its register report) is never proposed, so tuning compiles and times three to five candidates, not a
 grid. On the first call of a problem, `choose` compiles the candidates at once, in worker processes (`_compile`,
 launch.compile_ahead), times each with CUDA events (triton.testing.do_bench, median) and keeps the fastest.
 
@@ -13,7 +13,7 @@ the order of a float32 sum over edges, within the float32 bounds the tests asser
 
   TUMBLER_AUTOTUNE        1 (default): tune on first use; 0: always the measured default;
                           compile: launch every candidate once and take the default, remembering nothing
-                          (bench/run_gpu.sh compiles in parallel processes, where timings would disturb each other)
+                          (the benches compile in parallel processes, where timings would disturb each other)
   TUMBLER_AUTOTUNE_CACHE  the folder of the JSON files (default ~/.cache/tumbler)
 
 A precompile pass (launch.precompile) compiles every candidate of a new problem, or only the stored choice, and

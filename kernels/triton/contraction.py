@@ -49,7 +49,7 @@ def _kernel(form: Form, outs: tuple, comps: tuple | None = None):
 # backward (1,368 monomials for dx, 552 for dW) as one kernel took 0.401 ms on the H200 (CUDA-graph replay,
 # fwd+bwd at 5k nodes), as three (dx in two component groups, dW) 0.284 ms; its second order went from one
 # kernel to seven, 0.487 -> 0.508 ms. The l<=3 -> l<=2 second order (14,566 monomials) compiled for sm_90 in
-# 241 s as one kernel, 113 s as four, 119 s as the eleven of this limit (bench/NOTES.md, README).
+# 241 s as one kernel, 113 s as four, 119 s as the eleven of this limit (docs/performance.md).
 MAX_MONOMIALS = 1200
 
 
@@ -80,7 +80,7 @@ def launch_plan(form: Form, outs: tuple) -> tuple:
 
 
 CH = 32  # nodes per chunk of the species plan (each program walks one chunk of one species' atoms). H200, CUDA-graph
-# ms at 5k nodes and 10 species, fwd+bwd l<=3 -> l<=1 / l<=3 -> l0 (bench/NOTES.md v11): 0.225 / 0.092 with 16,
+# ms at 5k nodes and 10 species, fwd+bwd l<=3 -> l<=1 / l<=3 -> l0 (docs/performance.md): 0.225 / 0.092 with 16,
 # 0.233 / 0.083 with 32, 0.243 / 0.084 with 64. Fixed: the plan is made before the kernels are chosen.
 
 

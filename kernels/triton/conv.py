@@ -107,7 +107,7 @@ def _fitting(default: tuple, tiles, C: int, per_thread: int) -> list:
 def recv_config(C: int) -> tuple[int, int, int]:
     """(BE, BC, num_warps) of the receiver-segment kernel (the forward conv): the measured default.
 
-    H200 sweep (bench/NOTES.md, v5): two edges per tile and two channels per thread beat the 4 x 32 / 4 warp
+    H200 sweep (docs/performance.md): two edges per tile and two channels per thread beat the 4 x 32 / 4 warp
     tile of the other segment kernels: 128 ch l<=1 at 300k edges 0.605 ms with (2, 32, 1) vs 0.716;
     64 ch l<=2 at 150k 0.306 ms with (2, 64, 2) vs 0.402. Fewer threads per edge compute the per-edge
     coupling coefficients (sum_b w Y[e, b]) fewer times over."""
@@ -125,7 +125,7 @@ def node_config(C: int, K_acc: int) -> tuple[int, int, int]:
     """(edges per tile BE, channels per tile BC, num_warps) for the sender-segment kernels, which accumulate
     K_acc = K_in components per node: the measured default.
 
-    Chosen from sm_90 register reports (bench/compile_report.py) and H200 sweeps (bench/NOTES.md v6, v8).
+    Chosen from sm_90 register reports and H200 sweeps (docs/performance.md).
     K_acc > 1: one tile element per thread (4 edges x 32 channels, 4 warps) keeps the K accumulators and the
     gathered components in registers; more elements per thread spill or halve occupancy (128 ch l<=1 fwd+bwd
     at 20k edges, GPU time: 4 x 32 0.196 ms, 8 x 32 0.232, 4 x 64 0.216, 4 x 128 0.225).

@@ -76,7 +76,7 @@ def _name(f) -> str:
 # A weight slot's components are loaded with one tl.load of a [BC, K] tile and split into [BC] vectors, and a weight
 # output is stored with one tl.store, instead of one load or store per component. Triton's coalescing pass
 # (TritonGPUCoalesce) walks the whole kernel once per load and store (mlir::getSlice), which made it most of the
-# compile time of the large kernels. Measured (bench/NOTES.md v14): sm_90 compilation of the seven second-order
+# compile time of the large kernels. Measured (docs/performance.md): sm_90 compilation of the seven second-order
 # l<=3 -> l<=1 kernels 39 -> 31 s on the CPU machine; the first force-training step of bench/first_use.py on an
 # empty cache 92.1 -> 71.9 s on an H200 host. These loads and stores run once per program, and the kernels run as
 # fast or faster (l<=3 -> l0 fwd+bwd 0.075 -> 0.067 ms). Packing the node slots too, which are loaded in every

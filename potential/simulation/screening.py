@@ -32,6 +32,8 @@ import ase
 import ase.io
 import numpy as np
 
+from data.structure import is_3d_periodic
+
 from ..evaluate import as_structure, evaluate
 
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".xyz", ".extxyz", ".csv")
@@ -67,7 +69,7 @@ def relax_one(atoms: ase.Atoms, calc, fmax: float, max_steps: int, optimizer: st
     atoms.calc = calc
     target = atoms
     if relax_cell:
-        if not (np.all(atoms.pbc) and abs(np.linalg.det(np.asarray(atoms.cell))) > 1e-9):
+        if not is_3d_periodic(atoms):
             raise ValueError("relax_cell needs a 3D-periodic structure")
         from ase.filters import FrechetCellFilter
 
@@ -75,7 +77,7 @@ def relax_one(atoms: ase.Atoms, calc, fmax: float, max_steps: int, optimizer: st
     opt = (FIRE if optimizer == "fire" else BFGS)(target, logfile=None)
     converged = bool(opt.run(fmax=fmax, steps=max_steps))
     forces = atoms.get_forces()
-    periodic = bool(np.all(atoms.pbc)) and abs(np.linalg.det(np.asarray(atoms.cell))) > 1e-9
+    periodic = is_3d_periodic(atoms)
     energy = float(atoms.get_potential_energy())
     return {
         "energy": energy,
