@@ -19,6 +19,7 @@ the summation order). Results are cached by ASE's ``check_state`` rules (positio
 from __future__ import annotations
 
 import contextlib
+import functools
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator as _AseCalculator
@@ -28,6 +29,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 import data
 
+from .committee import COMMITTEE_PROPERTIES, Committee, host_results, load_committee
 from .io import load_model
 from .model import Potential
 from .static_step import StaticStep
@@ -42,8 +44,10 @@ class Calculator(_AseCalculator):
     def __init__(self, model: Potential, device: str | torch.device | None = None, skin: float = 1.0,
                  static: bool | None = None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(model, Potential):
-            raise TypeError(f"Calculator: expected a potential.Potential, got {type(model).__name__}")
+        if not isinstance(model, (Potential, Committee)):
+            raise TypeError(f"Calculator: expected a potential.Potential or Committee, got {type(model).__name__}")
+        if isinstance(model, Committee):  # mean results plus the spreads (potential/committee.py)
+            self.implemented_properties = type(self).implemented_properties + COMMITTEE_PROPERTIES
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
@@ -62,7 +66,10 @@ class Calculator(_AseCalculator):
 
     @classmethod
     def from_file(cls, path, device: str | torch.device = "cpu", **kwargs) -> "Calculator":
-        """Load a model file (``potential.save_model``) and wrap it; kwargs go to ``Calculator``."""
+        """Load a model file (``potential.save_model``), or a list of them as a ``potential.Committee``, and wrap
+        it; kwargs go to ``Calculator``."""
+        if isinstance(path, (list, tuple)):
+            return cls(load_committee(path, device=device), **kwargs)
         return cls(load_model(path, device=device), **kwargs)
 
     def _check_elements(self, numbers: np.ndarray) -> None:
@@ -114,8 +121,10 @@ class Calculator(_AseCalculator):
         """The padded, graph-replayed step; a new one when the numbers or pbc change, set_cell for a new cell."""
         cell = np.array(atoms.cell.array, dtype=np.float64)  # [3, 3] Å
         if self.step is None:  # first call, or new numbers or pbc (calculate resets it)
-            self.step = StaticStep(self.model, torch.tensor(atoms.numbers), [0, len(atoms)], torch.tensor(cell),
-                                   torch.tensor(atoms.pbc), skin=self.skin, stress=periodic)
+            make = self.model.static_step if isinstance(self.model, Committee) else functools.partial(
+                StaticStep, self.model)
+            self.step = make(torch.tensor(atoms.numbers), [0, len(atoms)], torch.tensor(cell),
+                             torch.tensor(atoms.pbc), skin=self.skin, stress=periodic)
             self._cell = cell
         elif not np.array_equal(cell, self._cell):
             self.step.set_cell(torch.tensor(cell))
@@ -170,6 +179,8 @@ def _host_results(out: dict, periodic: bool) -> dict:
                "forces": flat[1 + n:1 + 4 * n].reshape(n, 3).copy()}
     if periodic:
         results["stress"] = full_3x3_to_voigt_6_stress(flat[1 + 4 * n:].reshape(3, 3))
+    if "member_energy" in out:  # a committee: the spreads and the members' own results
+        results.update(host_results(out))
     return results
 
 
