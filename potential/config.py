@@ -89,6 +89,9 @@ class ModelSection:
     avg_num_neighbors: Optional[float] = field(default=None, metadata=_check("positive"))
     scale: Optional[float] = field(default=None, metadata=_check("positive"))   # eV (force RMS, eV/Å x 1 Å)
     shift: Optional[float] = None                                           # eV per atom
+    # fine-tuning (potential/finetune.py): start from this model file's architecture and weights
+    init_from: Optional[str] = None
+    refit_references: bool = True         # with init_from: refit the E0s and the shift on the new training data
 
 
 @dataclass
@@ -127,6 +130,10 @@ class TrainingConfig:
     huber_delta: Optional[float] = field(default=None, metadata=_check("positive"))  # None: squared error
     stage_two: Optional[StageTwoConfig] = None
     eval_every: int = field(default=1, metadata=_check("positive"))             # epochs between validations
+    # committees (potential/committee_training.py): N members, seeds seed..seed+N-1, their own valid splits
+    committee: Optional[int] = field(default=None, metadata=_check("positive"))
+    bootstrap: bool = True                # committee members train on a bootstrap resample of their train split
+    freeze: list[Literal["embedding", "interactions", "readouts"]] = field(default_factory=list)  # with init_from
 
 
 @dataclass
@@ -271,6 +278,11 @@ def _cross_check(cfg: TrainConfig) -> None:
         if (s.start_epoch is None) == (s.start_fraction is None):
             raise ConfigError("training.stage_two: give exactly one of start_epoch and start_fraction, got "
                               f"start_epoch={s.start_epoch!r}, start_fraction={s.start_fraction!r}")
+    if t.committee is not None and t.committee < 2:
+        raise ConfigError(f"training.committee: expected an integer >= 2 (members), got {t.committee!r}")
+    if t.freeze and cfg.model.init_from is None:
+        raise ConfigError(f"training.freeze: {t.freeze} freezes pretrained layers, so it needs model.init_from "
+                          f"(a model file to start from), got None")
     m = cfg.model
     if m.r_max <= 0:
         raise ConfigError(f"model.r_max: expected a positive float, got {m.r_max!r}")

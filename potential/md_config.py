@@ -34,7 +34,7 @@ ENGINES = ("ase", "gpu")
 class MDConfig:
     """One MD run. ``None`` in tdamp / pdamp means 100 / 1000 timesteps (ASE's advice)."""
 
-    model: str | None = None  # path to a tumbler model file
+    model: str | list | None = None  # path to a tumbler model file, or several: a committee (potential/committee.py)
     structure: str | dict | None = None  # path or build spec (module docstring)
     ensemble: str = "nve"
     thermostat: str | None = None  # nvt only; default "langevin"
@@ -56,6 +56,9 @@ class MDConfig:
     threads: int | None = None  # torch intra-op threads; None = torch's default (1 is best for small CPU systems)
     progress: bool = True  # tqdm bar (shown on terminals only)
     engine: str = "ase"  # "ase": ASE's integrators with potential.Calculator; "gpu": potential.dynamics (device-resident)
+    uncertainty_threshold: float | None = None  # eV/Å, committee max force spread (potential/uncertainty.py)
+    uncertainty_action: str = "stop"  # above the threshold: write the frame and "stop", or "write" and go on
+    uncertainty_frames: str = "uncertain.extxyz"  # where those frames go (extended XYZ)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "MDConfig":
@@ -119,7 +122,13 @@ class MDConfig:
         integer("seed", 0)
         if self.threads is not None:
             integer("threads", 1)
-        for key in ("model", "trajectory", "log"):
+        if isinstance(self.model, list) and not (self.model and all(isinstance(m, (str, Path)) for m in self.model)):
+            bad("model", "must be a path or a non-empty list of paths (a committee)")
+        number("uncertainty_threshold", positive=True, allow_none=True)
+        choice("uncertainty_action", ("stop", "write"))
+        if self.uncertainty_threshold is not None and not (isinstance(self.model, list) and len(self.model) > 1):
+            bad("uncertainty_threshold", "needs a committee: give several model files (--model a.pt b.pt ...)")
+        for key in ("trajectory", "log", "uncertainty_frames") + (() if isinstance(self.model, list) else ("model",)):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), (str, Path)):
                 bad(key, "must be a path")
         if not isinstance(self.progress, bool):

@@ -49,6 +49,8 @@ class MDResult:
     steps: int
     wall_s: float  # time inside the integrator loop
     ms_per_step: float
+    stopped: str | None = None  # why the run ended early (the committee's uncertainty threshold), else None
+    uncertain_frames: int = 0  # frames written above the uncertainty threshold
 
 
 def is_3d_periodic(atoms: ase.Atoms) -> bool:
@@ -56,11 +58,16 @@ def is_3d_periodic(atoms: ase.Atoms) -> bool:
 
 
 def load_calculator(model_path: str | Path, device: str = "cpu", skin: float = 1.0):
-    """``potential.Calculator`` around the model file (errors as ``potential.evaluate.load_model_file``)."""
+    """``potential.Calculator`` around the model file (errors as ``potential.evaluate.load_model_file``), or
+    around a ``potential.Committee`` of a list of two or more model files."""
     from . import Calculator
+    from .committee import Committee
     from .evaluate import load_model_file
 
-    return Calculator(load_model_file(model_path, device=device), device=device, skin=skin)
+    paths = model_path if isinstance(model_path, (list, tuple)) else [model_path]
+    models = [load_model_file(p, device=device) for p in paths]
+    model = models[0] if len(models) == 1 else Committee(models, names=[str(p) for p in paths])
+    return Calculator(model, device=device, skin=skin)
 
 
 def check_elements(atoms: ase.Atoms, elements, name: str = "structure") -> None:
@@ -131,7 +138,7 @@ def make_dynamics(atoms: ase.Atoms, cfg: MDConfig, name: str = "structure"):
     )
 
 
-def open_log(path: str | None) -> tuple[IO[str] | None, bool]:
+def open_log(path: str | None, columns=LOG_COLUMNS) -> tuple[IO[str] | None, bool]:
     """The CSV log target for ``path`` (None: no log, "-": stdout, else a new file) with the header written,
     and whether the caller must close it."""
     if path is None:
@@ -141,7 +148,7 @@ def open_log(path: str | None) -> tuple[IO[str] | None, bool]:
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         out, close = open(path, "w"), True
-    out.write(",".join(LOG_COLUMNS) + "\n")
+    out.write(",".join(columns) + "\n")
     out.flush()
     return out, close
 
@@ -163,7 +170,8 @@ def run_and_close(run, *outputs) -> float:
 def format_row(row: dict[str, float]) -> str:
     """One CSV log line (LOG_COLUMNS order, newline included)."""
     return (f"{row['step']:d},{row['time_fs']:.3f},{row['epot_eV']:.6f},{row['ekin_eV']:.6f},{row['etot_eV']:.6f},"
-            f"{row['temperature_K']:.2f},{row['pressure_GPa']:.5f},{row['volume_A3']:.4f},{row['steps_per_s']:.2f}\n")
+            f"{row['temperature_K']:.2f},{row['pressure_GPa']:.5f},{row['volume_A3']:.4f},{row['steps_per_s']:.2f}"
+            + (f",{row['max_force_spread_eVA']:.5f}" if "max_force_spread_eVA" in row else "") + "\n")
 
 
 class CSVLogger:
@@ -197,6 +205,8 @@ class CSVLogger:
             "volume_A3": float(atoms.get_volume()) if self.periodic else math.nan,
             "steps_per_s": rate,
         }
+        if "max_force_spread" in getattr(atoms.calc, "implemented_properties", ()):  # a committee
+            row["max_force_spread_eVA"] = float(atoms.calc.get_property("max_force_spread", atoms))
         self.rows.append(row)
         if self.out is not None:
             self.out.write(format_row(row))
@@ -268,7 +278,8 @@ def run_md(atoms: ase.Atoms, cfg: MDConfig, calculator=None, name: str = "struct
     init_velocities(atoms, cfg.temperature, cfg.seed)
     dyn = make_dynamics(atoms, cfg, name)
 
-    log_file, close_log = open_log(cfg.log)
+    committee = "max_force_spread" in getattr(calculator, "implemented_properties", ())
+    log_file, close_log = open_log(cfg.log, LOG_COLUMNS + (("max_force_spread_eVA",) if committee else ()))
     logger = CSVLogger(dyn, atoms, log_file)
     dyn.attach(logger, interval=cfg.interval)
     traj = None
@@ -290,8 +301,26 @@ def run_md(atoms: ase.Atoms, cfg: MDConfig, calculator=None, name: str = "struct
                     bar.set_postfix(T=f"{r['temperature_K']:.0f}K", etot=f"{r['etot_eV']:.4f}", refresh=False)
 
         dyn.attach(advance, interval=1)
-    wall = run_and_close(lambda: dyn.run(cfg.steps), bar, traj, log_file if close_log else None)
-    return MDResult(atoms, logger.rows, cfg.steps, wall, 1e3 * wall / max(cfg.steps, 1))
+    watch, stopped = None, []
+    if cfg.uncertainty_threshold is not None:  # after the log and the trajectory, so the stop step is logged
+        from .uncertainty import UncertaintyStop, UncertaintyWatch
+
+        watch = UncertaintyWatch(dyn, atoms, cfg.uncertainty_threshold, cfg.uncertainty_action,
+                                 cfg.uncertainty_frames)
+        dyn.attach(watch, interval=1)
+
+    def go():
+        try:
+            dyn.run(cfg.steps)
+        except Exception as e:
+            if watch is None or not isinstance(e, UncertaintyStop):
+                raise
+            stopped.append(str(e))
+
+    wall = run_and_close(go, bar, traj, log_file if close_log else None)
+    steps = dyn.nsteps
+    return MDResult(atoms, logger.rows, steps, wall, 1e3 * wall / max(steps, 1), stopped[0] if stopped else None,
+                    0 if watch is None else watch.frames)
 
 
 def run_from_config(cfg: MDConfig, base_dir: str | Path | None = None) -> MDResult:
@@ -302,7 +331,11 @@ def run_from_config(cfg: MDConfig, base_dir: str | Path | None = None) -> MDResu
     if cfg.model is None:
         raise ValueError("no model given: set --model (or 'model:' in the config)")
     atoms, name = build_structure(cfg.structure, base_dir=base_dir)
+    if cfg.engine == "gpu" and isinstance(cfg.model, list) and len(cfg.model) > 1:
+        raise ValueError("engine 'gpu' runs one model; a committee (several --model files) needs --engine ase")
     if cfg.engine == "gpu":
+        if isinstance(cfg.model, list):
+            cfg.model = cfg.model[0]
         from .evaluate import load_model_file
         from .md_engine import engine_thermostat, run_md_engine
 
