@@ -10,8 +10,12 @@ at the shared r_max), one host -> device copy and one kernels Graph. Positions a
 [M, N, 3], each member's energy is a function of its own copy, and one ``torch.autograd.grad`` call over the
 stack gives all member forces (and strain derivatives) at once. The members' own layers and kernels still run
 one member after another (M launches of each kernel): the weights are not fused into one wider model, since
-the custom kernel autograd Functions do not support ``torch.func.vmap``. On CUDA the static path
-(``CommitteeStep``) replays one captured CUDA graph per member.
+the custom kernel autograd Functions do not support ``torch.func.vmap``.
+The static path (``Committee.static_step``, what potential.Calculator uses on CUDA): members of one size (the same
+architecture; weights, E0s, scale, shift and avg_num_neighbors may differ) run as ``StackedStep``, one
+potential.static_step.StaticStep for the whole committee: one device Verlet list, one list check per step, and
+one captured CUDA graph that evaluates every member on member-stacked positions with one autograd call. Members
+of different sizes fall back to ``CommitteeStep``: one StaticStep (list and graph) per member, called in turn.
 
 Outputs (``Committee.forward``, ``CommitteeStep.__call__``): the Potential's keys, as committee means,
     energy [B] float64 eV, node_energy [N] eV, forces [N, 3] eV/Å, stress [B, 3, 3] eV/Å^3 (if stress),
@@ -140,9 +144,18 @@ class Committee(nn.Module):
         out.update(statistics(out["member_energy"], out.get("member_forces"), structure, counts))
         return out
 
-    def static_step(self, numbers, ptr, cell, pbc, skin: float = 1.0, stress: bool = False) -> "CommitteeStep":
-        """``CommitteeStep`` for these structures (what ``potential.Calculator`` uses on CUDA)."""
-        return CommitteeStep(self, numbers, ptr, cell, pbc, skin=skin, stress=stress)
+    def same_size(self) -> bool:
+        """Whether the members share an architecture (and backend), so that one StackedStep serves them all."""
+        free = ("atomic_energies", "scale", "shift", "avg_num_neighbors")
+        first = {k: v for k, v in self.config.to_dict().items() if k not in free}
+        return all({k: v for k, v in m.config.to_dict().items() if k not in free} == first
+                   and m.backend == self.backend for m in self.members)
+
+    def static_step(self, numbers, ptr, cell, pbc, skin: float = 1.0, stress: bool = False):
+        """The static step for these structures (what ``potential.Calculator`` uses on CUDA): ``StackedStep``
+        when the members share a size, else ``CommitteeStep`` (module docstring)."""
+        kind = StackedStep if self.same_size() else CommitteeStep
+        return kind(self, numbers, ptr, cell, pbc, skin=skin, stress=stress)
 
 
 def statistics(member_energy: torch.Tensor, member_forces: torch.Tensor | None, structure: torch.Tensor,
@@ -192,6 +205,68 @@ class CommitteeStep:
         if self.stress:
             result["stress"] = torch.stack([o["stress"] for o in outs]).mean(0)
         return result
+
+
+class StackedStep(StaticStep):
+    """One StaticStep for a committee of one size (module docstring): the base class's padded buffers, list and
+    capture-safe ops (made for the first member; the others have the same architecture and backend), with an
+    evaluation that runs every member on its copy of the positions, [M, N+1, 3], and one autograd call."""
+
+    def __init__(self, committee: Committee, numbers, ptr, cell, pbc, skin: float = 1.0, stress: bool = False):
+        if not committee.same_size():
+            raise ValueError("StackedStep: the members must share an architecture; use CommitteeStep")
+        super().__init__(committee.members[0], numbers, ptr, cell, pbc, skin=skin, stress=stress)
+        self.members = list(committee.members)
+        self.counts = (torch.as_tensor(ptr, dtype=torch.int64)[1:] - torch.as_tensor(ptr, dtype=torch.int64)[:-1]
+                       ).to(self.device)  # [B]
+
+    def _compute(self) -> dict:
+        """As StaticStep._compute, with every member's parameters frozen (forces need no weight gradients)."""
+        params = [p for m in self.members for p in m.parameters() if p.requires_grad]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                return self._compute_grad()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def _compute_grad(self) -> dict:
+        b, n, m_count = self.num_structures, self.num_atoms, len(self.members)
+        structure = self.structure  # [N+1], the dummy atom in structure B
+        stacked = self.positions.detach().unsqueeze(0).repeat(m_count, 1, 1).requires_grad_(True)  # [M, N+1, 3]
+        inputs = [stacked]
+        if self.stress:
+            strain = torch.zeros(m_count, b + 1, 3, 3, dtype=self.dtype, device=self.device, requires_grad=True)
+            inputs.append(strain)
+        # the active edges and their graph, as StaticStep._compute_grad, once for every member
+        inside = self._inside(self.positions)  # [E_pad]
+        active = torch.nonzero_static(inside, size=self.num_active_edges,
+                                      fill_value=self.num_pad_edges - 1).squeeze(1)  # [A]
+        snd, rcv = self.senders.index_select(0, active), self.receivers.index_select(0, active)  # [A]
+        shifts, real = self.shifts.index_select(0, active), self.edge_mask.index_select(0, active)[:, None]
+        graph = self._graph_of(snd, rcv, self._active_send_perm(inside))
+        energies, nodes = [], []
+        for k, member in enumerate(self.members):
+            pos, cell = stacked[k], self.cell
+            if self.stress:  # x -> x (I + sym(eps)), as Potential._forward
+                sym = 0.5 * (strain[k] + strain[k].transpose(1, 2))  # [B+1, 3, 3]
+                pos = pos + row_times(pos, sym.index_select(0, structure))
+                cell = cell + cell @ sym
+            vec = torch.where(real, edge_vectors(pos, snd, rcv, shifts, cell, structure), self.far)  # [A, 3] Å
+            node = member.node_energies(self.species, vec, graph, self.ops)  # [N+1] float64
+            nodes.append(node[:n])
+            energies.append(torch.zeros(b + 1, dtype=torch.float64, device=self.device).index_add(0, structure, node))
+        energy = torch.stack(energies)  # [M, B+1] eV
+        grads = torch.autograd.grad(energy.sum(), inputs)
+        member_energy = energy[:, :b].detach()  # [M, B]
+        member_forces = (-grads[0][:, :n]).to(torch.float64)  # [M, N, 3] eV/Å
+        out = statistics(member_energy, member_forces, structure[:n], self.counts)
+        out.update(member_energy=member_energy, node_energy=torch.stack(nodes).detach().mean(0))
+        if self.stress:  # [B, 3, 3] eV/Å^3, the members' mean
+            out["stress"] = grads[1][:, :b].to(torch.float64).mean(0) * self.inv_volume[:, None, None]
+        return out
 
 
 def load_committee(paths: Sequence, device: str | torch.device = "cpu") -> Committee:

@@ -86,6 +86,28 @@ def test_calculator_from_files(members, structures, tmp_path):
     assert np.allclose(evaluate([crystal], models=paths)[0]["forces"], ref["forces"], rtol=0, atol=1e-12)
 
 
+def test_static_steps_match_the_eager_committee(make_model, members, structures):
+    """Members of one size share one StackedStep (one list, one step, members stacked); others get a
+    CommitteeStep (a StaticStep each). Both equal Committee.forward; the calculator moves atoms in between."""
+    from potential.committee import CommitteeStep, StackedStep
+
+    same = Committee([make_model(seed=5), make_model(seed=6, shift=-1.1), make_model(seed=7, scale=0.5)])
+    assert same.same_size() and not Committee(members).same_size()
+    for committee, kind in ((same, StackedStep), (Committee(members), CommitteeStep)):
+        atoms = structures[0].copy()
+        atoms.calc = Calculator(committee, static=True)
+        for _ in range(2):
+            atoms.positions += 0.05 * np.random.default_rng(0).normal(size=atoms.positions.shape)
+            ref = evaluate([atoms], committee, stress=True)[0]
+            assert atoms.get_potential_energy() == pytest.approx(ref["energy"], rel=1e-12)
+            assert np.allclose(atoms.get_forces(), ref["forces"], rtol=0, atol=1e-10)
+            assert np.allclose(atoms.get_stress(voigt=False), ref["stress"], rtol=0, atol=1e-10)
+            assert np.allclose(atoms.calc.results["force_spread"], ref["force_spread"], rtol=1e-9, atol=1e-12)
+            assert atoms.calc.results["energy_per_atom_std"] == pytest.approx(ref["energy_per_atom_std"], rel=1e-9)
+            assert atoms.get_potential_energies().sum() == pytest.approx(ref["energy"], rel=1e-12)
+        assert type(atoms.calc.step) is kind
+
+
 def test_single_model_calculator_has_no_spread(members, structures):
     atoms = structures[1].copy()
     atoms.calc = Calculator(members[0])
@@ -111,14 +133,27 @@ def test_members_must_agree(make_model, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_committee_calculator_matches_cpu(members, make_model, structures):
-    """On CUDA the calculator's default static path (a captured step per member) equals the CPU committee."""
-    cuda = Committee(_members(make_model, backend="auto")).to("cuda")
-    crystal = structures[0]
-    ref = evaluate([crystal], models=members, stress=True)[0]
+@pytest.mark.parametrize("same_size", [True, False])
+def test_cuda_committee_calculator_matches_cpu(make_model, structures, same_size):
+    """On CUDA the calculator's static path (StackedStep: one captured graph for all members; or CommitteeStep:
+    one per member) and its eager path equal the CPU committee, over a few moves (graph replays)."""
+    from potential.committee import CommitteeStep, StackedStep
+
+    def build(**kw):
+        if same_size:
+            return [make_model(seed=5, **kw), make_model(seed=6, shift=-1.1, **kw), make_model(seed=7, scale=0.5, **kw)]
+        return _members(make_model, **kw)
+
+    cpu, cuda = Committee(build()), Committee(build(backend="auto")).to("cuda")
     for static in (True, False):
-        atoms = crystal.copy()
+        atoms = structures[0].copy()
         atoms.calc = Calculator(cuda, static=static)
-        assert atoms.get_potential_energy() == pytest.approx(ref["energy"], rel=1e-9)
-        assert np.allclose(atoms.get_forces(), ref["forces"], rtol=0, atol=1e-8)
-        assert atoms.calc.results["max_force_spread"] == pytest.approx(ref["max_force_spread"], rel=1e-7)
+        for step in range(3):
+            atoms.positions += 0.05 * np.random.default_rng(step).normal(size=atoms.positions.shape)
+            ref = evaluate([atoms], cpu, stress=True)[0]
+            assert atoms.get_potential_energy() == pytest.approx(ref["energy"], rel=1e-9)
+            assert np.allclose(atoms.get_forces(), ref["forces"], rtol=0, atol=1e-8)
+            assert np.allclose(atoms.get_stress(voigt=False), ref["stress"], rtol=0, atol=1e-8)
+            assert atoms.calc.results["max_force_spread"] == pytest.approx(ref["max_force_spread"], rel=1e-7)
+        if static:
+            assert type(atoms.calc.step) is (StackedStep if same_size else CommitteeStep)
