@@ -16,7 +16,8 @@
         the committee's mean and max per-atom force spread (eV/Å). Prints the Spearman rank correlation between
         spread and true error (all 600, and within each set), the medians per set, and the probability that a
         random mixed-T structure has a larger spread than a random held-out 300 K one (ROC AUC; 0.5 = chance).
-        --small: a tiny model for a CPU (a few minutes per member).
+        --size: small (16 channels, for a CPU), medium (64 channels, l <= 1; default) or paper (configs/3bpa.yaml:
+        256 channels, l <= 2; needs far more than a few minutes per member).
 
 Results go to stdout and, as JSON, to $OUT/committee-<part>.json when $OUT is set (else bench/results/).
 """
@@ -43,6 +44,8 @@ BIG = dict(channels=128, lmax=1, lmax_sh=3, correlation=3, num_interactions=2, r
            radial_hidden=[64, 64, 64], readout_hidden=16)
 SMALL = dict(channels=16, lmax=1, lmax_sh=2, correlation=2, num_interactions=2, r_max=5.0, num_bessel=8,
              radial_hidden=[32, 32], readout_hidden=16)
+MEDIUM = dict(channels=64, lmax=1, lmax_sh=3, correlation=3, num_interactions=2, r_max=5.0, num_bessel=8,
+              radial_hidden=[64, 64, 64], readout_hidden=16)
 
 
 def _write(part: str, result: dict) -> None:
@@ -135,9 +138,10 @@ def bench_3bpa(args) -> dict:
     raw["training"].update(committee=args.members, max_epochs=100000, time_budget_minutes=args.minutes)
     raw["training"].pop("stage_two", None)
     raw["training"]["scheduler"] = "plateau"
-    if args.small:
-        raw["model"].update(SMALL)
-        raw["num_threads"] = 1
+    if args.size != "paper":
+        raw["model"].update(SMALL if args.size == "small" else MEDIUM)
+    if args.threads is not None:
+        raw["num_threads"] = args.threads
     raw.update(output_dir=str(out / "run"), device=args.device, dtype=args.dtype, num_workers=0)
     start = time.perf_counter()
     summary = run(parse_config(raw), overwrite=True)
@@ -174,7 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("part", choices=["md", "3bpa"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--members", type=int, default=4)
-    p.add_argument("--small", action="store_true", help="tiny model (CPU)")
+    p.add_argument("--small", action="store_true", help="md: a 16-channel model (CPU)")
+    p.add_argument("--size", choices=["small", "medium", "paper"], default="medium", help="3bpa: model size")
     p.add_argument("--dtype", default=None, help="float32 for md, float64 for 3bpa by default")
     p.add_argument("--repeat", type=int, default=6, help="md: fcc Cu cubic cells per side (6: 864 atoms)")
     p.add_argument("--steps", type=int, default=100, help="md: timed steps")

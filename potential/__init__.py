@@ -5,7 +5,7 @@ Calculator, Irreps. Conventions: eV, Å, eV/Å, eV/Å^3 (ASE stress sign); see p
 """
 
 from .calculator import Calculator
-from .committee import Committee, load_committee
+from .committee import Committee, load_committee  # committees: mean results and their spread
 from .io import FORMAT, FORMAT_VERSION, load_model, read_model_file, save_model
 from .irreps import Irreps
 from .model import ModelConfig, Potential

@@ -12,6 +12,9 @@ Two evaluation paths, the same numbers (tests/potential/test_calculator_static.p
   (device Verlet list, padded shapes, the whole energy+forces(+stress) step replayed as one CUDA graph), kept
   while the numbers and pbc stay the same (a new cell is passed on with ``set_cell``). This removes the Python
   and launch overhead that dominates an ASE MD step on a GPU.
+A ``potential.Committee`` (``Calculator.from_file([a.pt, b.pt, ...])``) gives the members' mean results and, as
+extra properties, their spread: energy_per_atom_std, force_spread, max_force_spread, member_energies and
+member_forces (potential/committee.py); its static path is ``Committee.static_step``.
 Edges beyond r_max contribute exactly zero, so results equal those of a freshly built list (to rounding from
 the summation order). Results are cached by ASE's ``check_state`` rules (positions, numbers, cell, pbc ...).
 """

@@ -162,6 +162,9 @@ def screen(
                 error=f"relaxation failed: {type(e).__name__}: {e}", energy=math.nan, energy_per_atom=math.nan,
                 forces=None, stress=None, max_force=math.nan,
             )
+            for key in ("energy_per_atom_std", "max_force_spread", "force_spread"):  # a committee's, now stale
+                if key in results[i]:
+                    results[i][key] = None if key == "force_spread" else math.nan
         atoms.calc = None
         if bar is not None:
             bar.update(1)
