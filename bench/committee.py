@@ -4,8 +4,10 @@
         ASE MD (VelocityVerlet, 1 fs) of fcc Cu (4 x repeat^3 atoms) through potential.Calculator: one model, then
         a committee of --members models of the same size (random weights, different seeds; speed only). Model: 2
         interactions, 128 channels, l <= 1, harmonics l <= 3, correlation 3, r_max 5 Å, float32 (--small: 16
-        channels, for a CPU). Rows: static path (default on CUDA: a captured step per member) and eager path
-        (Committee.forward: one shared graph and one autograd call); ms per step and the committee / one ratio.
+        channels, for a CPU). Rows: the static path (the calculator's default on CUDA: for one model a StaticStep,
+        for the committee one StackedStep, i.e. one list and one captured CUDA graph for all members; eager on a
+        CPU) and the eager path (Committee.forward: one shared graph and one autograd call); ms per step and the
+        committee / one-model ratio.
 
     python bench/committee.py 3bpa [--members 4] [--device cuda] [--minutes 5] [--out runs/3bpa_committee]
         1. splits shared/data/3BPA/train_300K.xyz (500) with a fixed seed into 400 for training and 100 held out;
@@ -90,7 +92,7 @@ def bench_md(args) -> dict:
     committee = Committee([one] + [member(k) for k in range(1, args.members)])
     result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "atoms": len(atoms),
               "members": args.members, "model": shape, "dtype": args.dtype, "steps": args.steps, "rows": []}
-    for static in ([True, False] if args.device == "cuda" else [False]):
+    for static in (True, False):
         t1 = _md_ms_per_step(one, atoms, args.steps, static)
         tm = _md_ms_per_step(committee, atoms, args.steps, static)
         row = {"path": "static" if static else "eager", "one_ms": t1, "committee_ms": tm, "ratio": tm / t1}
