@@ -36,7 +36,8 @@ class UncertaintyWatch:
         if action not in ACTIONS:
             raise ValueError(f"uncertainty_action={action!r} must be one of {', '.join(ACTIONS)}")
         if "max_force_spread" not in getattr(atoms.calc, "implemented_properties", ()):
-            raise ValueError("uncertainty_threshold needs a committee: give several model files (--model a.pt b.pt ...)")
+            raise ValueError("uncertainty_threshold needs a committee: give several model files "
+                             "(--model a.pt b.pt ...)")
         self.dyn, self.atoms, self.threshold, self.action = dyn, atoms, float(threshold), action
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
