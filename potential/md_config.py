@@ -126,8 +126,6 @@ class MDConfig:
             bad("model", "must be a path or a non-empty list of paths (a committee)")
         number("uncertainty_threshold", positive=True, allow_none=True)
         choice("uncertainty_action", ("stop", "write"))
-        if self.uncertainty_threshold is not None and not (isinstance(self.model, list) and len(self.model) > 1):
-            bad("uncertainty_threshold", "needs a committee: give several model files (--model a.pt b.pt ...)")
         for key in ("trajectory", "log", "uncertainty_frames") + (() if isinstance(self.model, list) else ("model",)):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), (str, Path)):
                 bad(key, "must be a path")
