@@ -17,7 +17,8 @@ potential.static_step.StaticStep for the whole committee: one device Verlet list
 one captured CUDA graph that evaluates every member on member-stacked positions with one autograd call. Members
 of different sizes fall back to ``CommitteeStep``: one StaticStep (list and graph) per member, called in turn.
 
-Outputs (``Committee.forward``, ``StackedStep`` and ``CommitteeStep`` calls): the Potential's keys, as committee means,
+Outputs (``Committee.forward``, ``StackedStep`` and ``CommitteeStep`` calls): the Potential's keys, as committee
+means,
     energy [B] float64 eV, node_energy [N] eV, forces [N, 3] eV/Å, stress [B, 3, 3] eV/Å^3 (if stress),
 plus, over the M members (standard deviations are population ones, ddof = 0, i.e. numpy's np.std default):
     member_energy        [M, B] eV      each member's energy
