@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--config", help="YAML file with any of the options below (flags given here override it)")
-    a("--model", help="tumbler model file (.pt)")
+    a("--model", nargs="+", help="tumbler model file (.pt); several files make a committee (mean forces, and "
+      "the max force spread as a log column)")
     a("--structure", help="any ASE-readable structure file (last frame is used)")
     a("--ensemble", choices=["nve", "nvt", "npt"], help="default nve")
     a("--thermostat", choices=["langevin", "bussi", "nose-hoover"], help="nvt thermostat, default langevin")
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--engine", choices=["ase", "gpu"],
       help="ase (default): ASE's integrators through potential.Calculator; gpu: the device-resident engine "
            "(potential.simulation.dynamics: nve, nvt langevin/bussi; also runs on the CPU)")
+    a("--uncertainty-threshold", type=float, help="committee only: eV/Å; a step whose max force spread exceeds it "
+      "is written to --uncertainty-frames and, with --uncertainty-action stop (default), ends the run")
+    a("--uncertainty-action", choices=["stop", "write"], help="stop (default) or write every such frame and go on")
+    a("--uncertainty-frames", help="extended XYZ file for those frames (default uncertain.extxyz)")
     a("--no-progress", dest="progress", action="store_const", const=False, help="no tqdm bar")
     return p
 
@@ -62,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"md.py: {result.steps} steps in {result.wall_s:.1f} s ({result.ms_per_step:.2f} ms/step)"
     if last is not None:
         summary += f"; final T = {last['temperature_K']:.1f} K, Etot = {last['etot_eV']:.6f} eV"
+    if result.stopped or result.uncertain_frames:
+        summary += f"; {result.uncertain_frames} frame(s) above the uncertainty threshold -> {cfg.uncertainty_frames}"
+    if result.stopped:
+        summary += f"; {result.stopped}"
     print(summary, file=sys.stderr)
     return 0
 

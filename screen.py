@@ -4,7 +4,7 @@
     python screen.py --model model.pt --structures candidates.xyz --relax --fmax 0.05 --out relaxed.extxyz
 
 IN: extxyz or any ASE-readable file (all frames), or our HDF5 dataset. OUT by suffix: .h5/.hdf5,
-.xyz/.extxyz or .csv (layouts in potential/screening.py). Bad structures are recorded with their
+.xyz/.extxyz or .csv (layouts in potential/simulation/screening.py). Bad structures are recorded with their
 error and the others go on.
 """
 
@@ -17,7 +17,8 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--model", required=True, help="tumbler model file (.pt)")
+    a("--model", required=True, nargs="+", help="tumbler model file (.pt); several files make a committee, whose "
+      "uncertainty (energy_per_atom_std, max_force_spread, force_spread) is written too")
     a("--structures", required=True, help="input structures: extxyz / ASE-readable file or our .h5")
     a("--out", required=True, help="output: .h5/.hdf5, .xyz/.extxyz or .csv")
     a("--relax", action="store_true", help="relax each structure with ASE (positions; cell too with --relax-cell)")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from potential.committee import Committee
     from potential.evaluate import load_model_file
     from potential.simulation.screening import OUTPUT_SUFFIXES, read_input, screen, write_results
 
@@ -51,14 +53,15 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         if not args.out.lower().endswith(OUTPUT_SUFFIXES):
             raise ValueError(f"--out {args.out}: suffix must be one of {', '.join(OUTPUT_SUFFIXES)}")
-        model = load_model_file(args.model, device=args.device)
+        models = [load_model_file(path, device=args.device) for path in args.model]
+        model = models[0] if len(models) == 1 else Committee(models, names=args.model)
         structures = read_input(args.structures)
         atoms, results = screen(
             structures, model, relax=args.relax or args.relax_cell, fmax=args.fmax, max_steps=args.max_steps,
             optimizer=args.optimizer, relax_cell=args.relax_cell, batch_atoms=args.batch_atoms,
             device=args.device, skin=args.skin, progress=args.progress, engine=args.engine,
         )
-        meta = {"model": args.model, "source": args.structures, "fmax": args.fmax if args.relax else float("nan")}
+        meta = {"model": " ".join(args.model), "source": args.structures, "fmax": args.fmax if args.relax else float("nan")}
         write_results(args.out, atoms, results, meta)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"screen.py: error: {e}\n")

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 4 train.py --config configs/3bpa.yaml  # data parallel
 
 Outputs in output_dir: model.pt (best EMA model; potential.Calculator.from_file), checkpoint.pt, config.yaml
-(resolved), metrics.csv, train.log, test_metrics.json. The config reference is potential/config.py.
+(resolved), metrics.csv, train.log, test_metrics.json. The config reference is potential/training/config.py.
 """
 
 from __future__ import annotations

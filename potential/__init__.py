@@ -6,6 +6,7 @@ irreps, radial -> layers -> model -> io, static_step -> calculator, evaluate -> 
 """
 
 from .calculator import Calculator
+from .committee import Committee, load_committee  # committees: mean results and their spread
 from .evaluate import evaluate
 from .io import FORMAT, FORMAT_VERSION, load_model, read_model_file, save_model
 from .irreps import Irreps
@@ -15,7 +16,7 @@ from .training import ConfigError, TrainConfig, Trainer, TrainingError, load_con
 from .training import run as run_training
 
 __all__ = [
-    "Calculator", "evaluate", "FORMAT", "FORMAT_VERSION", "load_model", "read_model_file", "save_model", "Irreps",
+    "Calculator", "Committee", "load_committee", "evaluate", "FORMAT", "FORMAT_VERSION", "load_model", "read_model_file", "save_model", "Irreps",
     "ModelConfig", "Potential", "MDConfig", "run_md", "screen", "ConfigError", "TrainConfig", "Trainer",
     "TrainingError", "load_config", "run_training",
 ]

@@ -12,6 +12,9 @@ Two evaluation paths, the same numbers (tests/potential/test_calculator_static.p
   (device Verlet list, padded shapes, the whole energy+forces(+stress) step replayed as one CUDA graph), kept
   while the numbers and pbc stay the same (a new cell is passed on with ``set_cell``). This removes the Python
   and launch overhead that dominates an ASE MD step on a GPU.
+A ``potential.Committee`` (``Calculator.from_file([a.pt, b.pt, ...])``) gives the members' mean results and, as
+extra properties, their spread: energy_per_atom_std, force_spread, max_force_spread, member_energies and
+member_forces (potential/committee.py); its static path is ``Committee.static_step``.
 Edges beyond r_max contribute exactly zero, so results equal those of a freshly built list (to rounding from
 the summation order). Results are cached by ASE's ``check_state`` rules (positions, numbers, cell, pbc ...).
 """
@@ -19,6 +22,7 @@ the summation order). Results are cached by ASE's ``check_state`` rules (positio
 from __future__ import annotations
 
 import contextlib
+import functools
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator as _AseCalculator
@@ -28,6 +32,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 import data
 
+from .committee import COMMITTEE_PROPERTIES, Committee, host_results, load_committee
 from .io import load_model
 from .model import Potential
 from .static_step import StaticStep
@@ -42,8 +47,10 @@ class Calculator(_AseCalculator):
     def __init__(self, model: Potential, device: str | torch.device | None = None, skin: float = 1.0,
                  static: bool | None = None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(model, Potential):
-            raise TypeError(f"Calculator: expected a potential.Potential, got {type(model).__name__}")
+        if not isinstance(model, (Potential, Committee)):
+            raise TypeError(f"Calculator: expected a potential.Potential or Committee, got {type(model).__name__}")
+        if isinstance(model, Committee):  # mean results plus the spreads (potential/committee.py)
+            self.implemented_properties = type(self).implemented_properties + COMMITTEE_PROPERTIES
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
@@ -62,7 +69,10 @@ class Calculator(_AseCalculator):
 
     @classmethod
     def from_file(cls, path, device: str | torch.device = "cpu", **kwargs) -> "Calculator":
-        """Load a model file (``potential.save_model``) and wrap it; kwargs go to ``Calculator``."""
+        """Load a model file (``potential.save_model``), or a list of them as a ``potential.Committee``, and wrap
+        it; kwargs go to ``Calculator``."""
+        if isinstance(path, (list, tuple)):
+            return cls(load_committee(path, device=device), **kwargs)
         return cls(load_model(path, device=device), **kwargs)
 
     def _check_elements(self, numbers: np.ndarray) -> None:
@@ -114,8 +124,10 @@ class Calculator(_AseCalculator):
         """The padded, graph-replayed step; a new one when the numbers or pbc change, set_cell for a new cell."""
         cell = np.array(atoms.cell.array, dtype=np.float64)  # [3, 3] Å
         if self.step is None:  # first call, or new numbers or pbc (calculate resets it)
-            self.step = StaticStep(self.model, torch.tensor(atoms.numbers), [0, len(atoms)], torch.tensor(cell),
-                                   torch.tensor(atoms.pbc), skin=self.skin, stress=periodic)
+            make = self.model.static_step if isinstance(self.model, Committee) else functools.partial(
+                StaticStep, self.model)
+            self.step = make(torch.tensor(atoms.numbers), [0, len(atoms)], torch.tensor(cell),
+                             torch.tensor(atoms.pbc), skin=self.skin, stress=periodic)
             self._cell = cell
         elif not np.array_equal(cell, self._cell):
             self.step.set_cell(torch.tensor(cell))
@@ -170,6 +182,8 @@ def _host_results(out: dict, periodic: bool) -> dict:
                "forces": flat[1 + n:1 + 4 * n].reshape(n, 3).copy()}
     if periodic:
         results["stress"] = full_3x3_to_voigt_6_stress(flat[1 + 4 * n:].reshape(3, 3))
+    if "member_energy" in out:  # a committee: the spreads and the members' own results
+        results.update(host_results(out))
     return results
 
 

@@ -14,6 +14,12 @@ Each result is a dict (numpy, float64):
     stress           [3, 3] eV/Å^3, ASE sign; None unless computed and the structure is 3D-periodic
     max_force        max_i |F_i| in eV/Å (0 for a single free atom)
     error            None, or why the structure could not be evaluated
+With a committee (``models=[...]`` or a ``potential.Committee``) energy, forces, stress and max_force are the
+committee means, and each result also has (potential/committee.py):
+    energy_per_atom_std  eV/atom, the members' standard deviation of the energy per atom
+    force_spread         [n] eV/Å, the per-atom force spread
+    max_force_spread     eV/Å, its maximum over the atoms
+    member_energies      [M] eV, each member's energy
 """
 
 from __future__ import annotations
@@ -155,6 +161,11 @@ def _forward(model, structures, want_stress: bool, device, dtype) -> list[dict]:
                 "error": None,
             }
         )
+        if "member_energy" in out:  # a committee (potential/committee.py)
+            results[-1].update(energy_per_atom_std=float(out["energy_per_atom_std"][b]),
+                               force_spread=out["force_spread"][ptr[b]: ptr[b + 1]].double().cpu().numpy(),
+                               max_force_spread=float(out["max_force_spread"][b]),
+                               member_energies=out["member_energy"][:, b].double().cpu().numpy())
     return results
 
 
@@ -167,13 +178,14 @@ def _failed(index: int, num_atoms: int, error: str) -> dict:
 
 def evaluate(
     structures: Iterable[Any],
-    model,
+    model=None,
     batch_atoms: int = 4096,
     stress: bool | None = None,
     device: str | torch.device | None = None,
     on_error: str = "raise",
     min_distance: float = 0.5,
     progress: bool = False,
+    models: Sequence | None = None,
 ) -> list[dict]:
     """Energies, forces and (optionally) stresses of many structures, batched (module docstring).
 
@@ -184,7 +196,16 @@ def evaluate(
     on_error: "raise" (ValueError naming the structure index) or "record" (the result carries
         ``error`` and the other structures go on).
     min_distance: Å; closer atom pairs count as overlapping (an error).
+    models: instead of ``model``, a committee: Potentials or model files (``potential.Committee``).
     """
+    if (model is None) == (models is None):
+        raise ValueError("evaluate: give either model or models (a committee), not both or neither")
+    if models is not None:
+        from .committee import Committee, load_committee
+
+        models = list(models)
+        model = Committee(models) if all(isinstance(m, torch.nn.Module) for m in models) else \
+            load_committee(models, device="cpu" if device is None else device)
     if on_error not in ("raise", "record"):
         raise ValueError(f"on_error={on_error!r} must be 'raise' or 'record'")
     if isinstance(batch_atoms, bool) or not isinstance(batch_atoms, (int, np.integer)) or batch_atoms < 1:

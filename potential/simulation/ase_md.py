@@ -29,7 +29,8 @@ from ase import units
 from data.structure import is_3d_periodic
 
 from .md_config import MDConfig
-from .md_output import (CSVLogger, MDResult, TrajectoryWriter, check_elements, init_velocities, load_calculator,
+from .uncertainty import UncertaintyStop, UncertaintyWatch
+from .md_output import (LOG_COLUMNS, CSVLogger, MDResult, TrajectoryWriter, check_elements, init_velocities, load_calculator,
                         open_log, run_and_close)
 
 
@@ -113,7 +114,8 @@ def run_md(atoms: ase.Atoms, cfg: MDConfig, calculator=None, name: str = "struct
     init_velocities(atoms, cfg.temperature, cfg.seed)
     dyn = make_dynamics(atoms, cfg, name)
 
-    log_file, close_log = open_log(cfg.log)
+    committee = "max_force_spread" in getattr(calculator, "implemented_properties", ())
+    log_file, close_log = open_log(cfg.log, LOG_COLUMNS + (("max_force_spread_eVA",) if committee else ()))
     logger = CSVLogger(dyn, atoms, log_file)
     dyn.attach(logger, interval=cfg.interval)
     traj = None
@@ -135,7 +137,23 @@ def run_md(atoms: ase.Atoms, cfg: MDConfig, calculator=None, name: str = "struct
                     bar.set_postfix(T=f"{r['temperature_K']:.0f}K", etot=f"{r['etot_eV']:.4f}", refresh=False)
 
         dyn.attach(advance, interval=1)
-    wall = run_and_close(lambda: dyn.run(cfg.steps), bar, traj, log_file if close_log else None)
-    return MDResult(atoms, logger.rows, cfg.steps, wall, 1e3 * wall / max(cfg.steps, 1))
+    watch, stopped = None, []
+    if cfg.uncertainty_threshold is not None:  # after the log and the trajectory, so the stop step is logged
+        watch = UncertaintyWatch(dyn, atoms, cfg.uncertainty_threshold, cfg.uncertainty_action,
+                                 cfg.uncertainty_frames)
+        dyn.attach(watch, interval=1)
+
+    def go():
+        try:
+            dyn.run(cfg.steps)
+        except UncertaintyStop as e:
+            if watch is None:
+                raise
+            stopped.append(str(e))
+
+    wall = run_and_close(go, bar, traj, log_file if close_log else None)
+    steps = dyn.nsteps
+    return MDResult(atoms, logger.rows, steps, wall, 1e3 * wall / max(steps, 1), stopped[0] if stopped else None,
+                    0 if watch is None else watch.frames)
 
 

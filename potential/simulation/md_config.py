@@ -32,7 +32,7 @@ class MDConfig:
     bad value is a ConfigError (a ValueError) quoting the key and the value. ``None`` in tdamp / pdamp means
     100 / 1000 timesteps (ASE's advice)."""
 
-    model: Optional[str] = None  # path to a tumbler model file
+    model: Union[str, list[str], None] = None  # a tumbler model file, or several: a committee (potential/committee.py)
     structure: Union[str, dict[str, Any], None] = None  # path or build spec (module docstring)
     ensemble: Literal["nve", "nvt", "npt"] = "nve"
     thermostat: Optional[Literal["langevin", "bussi", "nose-hoover"]] = None  # nvt only; default "langevin"
@@ -54,6 +54,9 @@ class MDConfig:
     threads: Optional[int] = field(default=None, metadata=check("positive"))  # torch threads; None = torch's default
     progress: bool = True  # tqdm bar (shown on terminals only)
     engine: Literal["ase", "gpu"] = "ase"  # "ase": ASE's integrators + potential.Calculator; "gpu": simulation.dynamics
+    uncertainty_threshold: Optional[float] = field(default=None, metadata=check("positive"))  # eV/Å, committee
+    uncertainty_action: Literal["stop", "write"] = "stop"  # above the threshold: write the frame, then stop or go on
+    uncertainty_frames: str = "uncertain.extxyz"  # where those frames go (extended XYZ; simulation/uncertainty.py)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "MDConfig":
@@ -77,6 +80,8 @@ class MDConfig:
             build(type(self), dataclasses.asdict(self))
         except ConfigError as e:
             raise ConfigError(prefix + str(e)) from None
+        if isinstance(self.model, list) and not self.model:
+            raise ConfigError(f"{prefix}model: expected a path or a non-empty list of paths (a committee), got []")
         if self.ensemble in ("nvt", "npt") and self.temperature <= 0:
             raise ConfigError(f"{prefix}temperature: expected > 0 K for ensemble {self.ensemble}, got {self.temperature!r}")
         if self.trajectory is not None and Path(self.trajectory).suffix.lower() not in (".traj", ".xyz", ".extxyz"):

@@ -27,6 +27,7 @@ from ase.md.velocitydistribution import Stationary
 from data.structure import is_3d_periodic
 
 from ..calculator import Calculator
+from ..committee import Committee
 from ..evaluate import load_model_file
 
 LOG_COLUMNS = (
@@ -41,11 +42,17 @@ class MDResult:
     steps: int
     wall_s: float  # time inside the integrator loop
     ms_per_step: float
+    stopped: str | None = None  # why the run ended early (the committee's uncertainty threshold), else None
+    uncertain_frames: int = 0  # frames written above the uncertainty threshold
 
 
-def load_calculator(model_path: str | Path, device: str = "cpu", skin: float = 1.0):
-    """``potential.Calculator`` around the model file (errors as ``potential.evaluate.load_model_file``)."""
-    return Calculator(load_model_file(model_path, device=device), device=device, skin=skin)
+def load_calculator(model_path: str | Path | list, device: str = "cpu", skin: float = 1.0):
+    """``potential.Calculator`` around the model file (errors as ``potential.evaluate.load_model_file``), or
+    around a ``potential.Committee`` of a list of two or more model files."""
+    paths = model_path if isinstance(model_path, (list, tuple)) else [model_path]
+    models = [load_model_file(p, device=device) for p in paths]
+    model = models[0] if len(models) == 1 else Committee(models, names=[str(p) for p in paths])
+    return Calculator(model, device=device, skin=skin)
 
 
 def check_elements(atoms: ase.Atoms, elements, name: str = "structure") -> None:
@@ -58,7 +65,7 @@ def check_elements(atoms: ase.Atoms, elements, name: str = "structure") -> None:
         raise ValueError(f"{name}: element(s) {sym} unknown to the model; the model knows {have}")
 
 
-def open_log(path: str | None) -> tuple[IO[str] | None, bool]:
+def open_log(path: str | None, columns=LOG_COLUMNS) -> tuple[IO[str] | None, bool]:
     """The CSV log target for ``path`` (None: no log, "-": stdout, else a new file) with the header written,
     and whether the caller must close it."""
     if path is None:
@@ -68,7 +75,7 @@ def open_log(path: str | None) -> tuple[IO[str] | None, bool]:
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         out, close = open(path, "w"), True
-    out.write(",".join(LOG_COLUMNS) + "\n")
+    out.write(",".join(columns) + "\n")
     out.flush()
     return out, close
 
@@ -90,7 +97,8 @@ def run_and_close(run, *outputs) -> float:
 def format_row(row: dict[str, float]) -> str:
     """One CSV log line (LOG_COLUMNS order, newline included)."""
     return (f"{row['step']:d},{row['time_fs']:.3f},{row['epot_eV']:.6f},{row['ekin_eV']:.6f},{row['etot_eV']:.6f},"
-            f"{row['temperature_K']:.2f},{row['pressure_GPa']:.5f},{row['volume_A3']:.4f},{row['steps_per_s']:.2f}\n")
+            f"{row['temperature_K']:.2f},{row['pressure_GPa']:.5f},{row['volume_A3']:.4f},{row['steps_per_s']:.2f}"
+            + (f",{row['max_force_spread_eVA']:.5f}" if "max_force_spread_eVA" in row else "") + "\n")
 
 
 class CSVLogger:
@@ -124,6 +132,8 @@ class CSVLogger:
             "volume_A3": float(atoms.get_volume()) if self.periodic else math.nan,
             "steps_per_s": rate,
         }
+        if "max_force_spread" in getattr(atoms.calc, "implemented_properties", ()):  # a committee
+            row["max_force_spread_eVA"] = float(atoms.calc.get_property("max_force_spread", atoms))
         self.rows.append(row)
         if self.out is not None:
             self.out.write(format_row(row))

@@ -21,7 +21,11 @@ def run_from_config(cfg: MDConfig, base_dir: str | Path | None = None) -> MDResu
     if cfg.model is None:
         raise ValueError("no model given: set --model (or 'model:' in the config)")
     atoms, name = build_structure(cfg.structure, base_dir=base_dir)
+    if cfg.engine == "gpu" and isinstance(cfg.model, list) and len(cfg.model) > 1:
+        raise ValueError("engine 'gpu' runs one model; a committee (several --model files) needs --engine ase")
     if cfg.engine == "gpu":
+        if isinstance(cfg.model, list):
+            cfg.model = cfg.model[0]
         engine_thermostat(cfg)  # refuse npt / nose-hoover before loading anything
         if cfg.threads is not None:
             import torch

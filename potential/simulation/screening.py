@@ -17,6 +17,10 @@ Output by suffix:
   .xyz / .extxyz  one frame per structure: energy / forces / stress as calculator results, the
       rest in the frame's info (index, energy_per_atom, max_force, error, converged, steps, ...).
   .csv   one row per structure (no geometry).
+With a committee (``potential.Committee``) the numbers are the committee means, and each format also has its
+uncertainty (potential/committee.py): energy_per_atom_std [B] eV/atom, max_force_spread [B] eV/Å (.h5, .csv
+columns energy_per_atom_std_eV and max_force_spread_eV_A, extxyz info) and force_spread [N] eV/Å (.h5, extxyz
+per-atom array). After a relaxation they describe the relaxed geometry.
 """
 
 from __future__ import annotations
@@ -79,7 +83,10 @@ def relax_one(atoms: ase.Atoms, calc, fmax: float, max_steps: int, optimizer: st
     forces = atoms.get_forces()
     periodic = is_3d_periodic(atoms)
     energy = float(atoms.get_potential_energy())
+    spread = {k: calc.results[k] for k in ("energy_per_atom_std", "force_spread", "max_force_spread")
+              if k in calc.results}  # a committee: its uncertainty at the relaxed geometry
     return {
+        **spread,
         "energy": energy,
         "energy_per_atom": energy / len(atoms),
         "forces": np.asarray(forces, np.float64),
@@ -111,6 +118,8 @@ def screen(
     """
     if engine not in ("ase", "gpu"):
         raise ValueError(f"engine={engine!r} must be 'ase' or 'gpu'")
+    if engine == "gpu" and relax and not hasattr(model, "node_energies"):
+        raise ValueError("engine 'gpu' relaxes with one model; a committee needs --engine ase")
     if engine == "gpu" and relax and (relax_cell or optimizer != "fire"):
         raise ValueError("engine 'gpu' relaxes positions with batched FIRE; --relax-cell and --optimizer bfgs "
                          "need --engine ase")
@@ -155,6 +164,9 @@ def screen(
                 error=f"relaxation failed: {type(e).__name__}: {e}", energy=math.nan, energy_per_atom=math.nan,
                 forces=None, stress=None, max_force=math.nan,
             )
+            for key in ("energy_per_atom_std", "max_force_spread", "force_spread"):  # a committee's, now stale
+                if key in results[i]:
+                    results[i][key] = None if key == "force_spread" else math.nan
         atoms.calc = None
         if bar is not None:
             bar.update(1)
@@ -201,9 +213,15 @@ def write_results(path: str | Path, atoms_list: list[ase.Atoms], results: list[d
         _write_extxyz(path, atoms_list, results, relaxed)
 
 
+def _column(results, key) -> np.ndarray:
+    """[B] float64 of results[b][key], nan where absent (failed structures)."""
+    return np.array([r.get(key, math.nan) for r in results], np.float64)
+
+
 def _write_h5(path: Path, atoms_list, results, relaxed: bool, meta: dict) -> None:
     import h5py
 
+    committee = any("max_force_spread" in r for r in results)
     counts = np.array([len(a) for a in atoms_list], np.int64)
     ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n_total, nb = int(ptr[-1]), len(atoms_list)
@@ -233,6 +251,14 @@ def _write_h5(path: Path, atoms_list, results, relaxed: bool, meta: dict) -> Non
             f["pbc"] = np.array([a.pbc for a in atoms_list], bool).reshape(nb, 3)
             for key in ("energy", "energy_per_atom", "max_force") + (("initial_energy",) if relaxed else ()):
                 f[key] = np.array([r[key] for r in results], np.float64)
+            if committee:
+                f["energy_per_atom_std"], f["max_force_spread"] = _column(results, "energy_per_atom_std"), \
+                    _column(results, "max_force_spread")
+                spread = np.full(n_total, np.nan)
+                for b, r in enumerate(results):
+                    if r.get("force_spread") is not None:
+                        spread[ptr[b]: ptr[b + 1]] = r["force_spread"]
+                f["force_spread"] = spread
             f.create_dataset("error", data=[r["error"] or "" for r in results], dtype=h5py.string_dtype())
             if relaxed:
                 f["converged"] = np.array([r["converged"] for r in results], bool)
@@ -247,6 +273,9 @@ def _write_csv(path: Path, atoms_list, results, relaxed: bool) -> None:
     cols = ["index", "formula", "num_atoms", "energy_eV", "energy_per_atom_eV", "max_force_eV_A", "pressure_GPa"]
     if relaxed:
         cols += ["initial_energy_eV", "converged", "steps"]
+    committee = any("max_force_spread" in r for r in results)
+    if committee:
+        cols += ["energy_per_atom_std_eV", "max_force_spread_eV_A"]
     cols.append("error")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
@@ -257,6 +286,8 @@ def _write_csv(path: Path, atoms_list, results, relaxed: bool) -> None:
                    _pressure_gpa(r.get("stress"))]
             if relaxed:
                 row += [r["initial_energy"], r["converged"], r["steps"]]
+            if committee:
+                row += [r.get("energy_per_atom_std", math.nan), r.get("max_force_spread", math.nan)]
             w.writerow(row + [r["error"] or ""])
     os.replace(tmp, path)
 
@@ -272,6 +303,10 @@ def _write_extxyz(path: Path, atoms_list, results, relaxed: bool) -> None:
         if relaxed:
             a.info.update(initial_energy=float(r["initial_energy"]), converged=bool(r["converged"]),
                           steps=int(r["steps"]))
+        if r.get("force_spread") is not None:  # a committee
+            a.info.update(energy_per_atom_std=float(r["energy_per_atom_std"]),
+                          max_force_spread=float(r["max_force_spread"]))
+            a.arrays["force_spread"] = np.asarray(r["force_spread"], np.float64)
         if r["error"]:
             a.info["error"] = " ".join(str(r["error"]).replace('"', "'").split())
         else:

@@ -2,7 +2,7 @@
 graph and replayed.
 
 `TrainStep(model, optimizer, weights, batch_size=B, forces=..., stress=..., clip_grad_norm=..., ema=...)` is
-called with a data.Batch (on the model's device) and does, in this order, what potential/training.py's eager
+called with a data.Batch (on the model's device) and does, in this order, what potential/training/trainer.py's eager
 loop does: the forward, the forces (and stress) by autograd with create_graph, the loss
 (potential.training.metrics.compute_loss), the backward to the weights, gradient clipping (torch's clip_grad_norm_), the
 optimizer step and the EMA update. It returns device tensors (loss [], gradient norm [], metric sums [13] in

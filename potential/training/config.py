@@ -66,6 +66,13 @@ DATA_DERIVED = {
 }
 
 
+# Keys of the `model:` section that are not ModelConfig's: fine-tuning (potential/training/finetune.py).
+SECTION_ONLY = [
+    ("init_from", Optional[str], field(default=None)),       # start from this model file's architecture and weights
+    ("refit_references", bool, field(default=True)),          # with init_from: refit E0s and shift on the new data
+]
+
+
 def _model_section():
     """The `model:` section is ModelConfig's own fields (declared once, in potential/model.py, with their defaults
     and checks), less `dtype` (the top-level `dtype`), and with the DATA_DERIVED ones None unless given.
@@ -83,7 +90,7 @@ def _model_section():
             tp, default = list[typing.get_args(tp)[0]], list(default)
         fields.append((f.name, tp, field(default_factory=lambda d=default: d.copy() if isinstance(d, list) else d,
                                          metadata=f.metadata)))
-    section = dataclasses.make_dataclass("ModelSection", fields)
+    section = dataclasses.make_dataclass("ModelSection", fields + SECTION_ONLY)
     section.__module__ = __name__
     return section
 
@@ -130,6 +137,10 @@ class TrainingConfig:
     # padded static-shape step (potential/training/captured_step.py), captured as a CUDA graph on CUDA and run
     # eagerly elsewhere (on: also on CPU, for debugging); off: the eager unpadded step; auto: on for CUDA, off for CPU
     graph: Literal["auto", "on", "off"] = "auto"
+    # committees (potential/training/committee_training.py): N members, seeds seed..seed+N-1, their own valid splits
+    committee: Optional[int] = field(default=None, metadata=check("positive"))
+    bootstrap: bool = True                # committee members train on a bootstrap resample of their train split
+    freeze: list[Literal["embedding", "interactions", "readouts"]] = field(default_factory=list)  # with init_from
 
 
 @dataclass
@@ -159,6 +170,11 @@ def _cross_check(cfg: TrainConfig) -> None:
         if (s.start_epoch is None) == (s.start_fraction is None):
             raise ConfigError("training.stage_two: give exactly one of start_epoch and start_fraction, got "
                               f"start_epoch={s.start_epoch!r}, start_fraction={s.start_fraction!r}")
+    if t.committee is not None and t.committee < 2:
+        raise ConfigError(f"training.committee: expected an integer >= 2 (members), got {t.committee!r}")
+    if t.freeze and cfg.model.init_from is None:
+        raise ConfigError(f"training.freeze: {t.freeze} freezes pretrained layers, so it needs model.init_from "
+                          f"(a model file to start from), got None")
     m = cfg.model
     if m.r_max <= 0:
         raise ConfigError(f"model.r_max: expected a positive float, got {m.r_max!r}")

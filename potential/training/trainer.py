@@ -46,7 +46,9 @@ from tqdm import tqdm
 
 import data
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from . import finetune
 from .captured_step import TrainStep
+from .committee_training import bootstrap, collect_members, member_configs
 from .config import ConfigError, TrainConfig, config_to_dict, dump_config
 from .energy_offsets import apply_species_shift, species_shift_correction
 from .graph_cache import GraphSet
@@ -104,7 +106,7 @@ def _has(structures, label: str) -> bool:
 class Trainer:
     """One training run; `Trainer(cfg, restart).train()`."""
 
-    def __init__(self, cfg: TrainConfig, restart: bool = False, overwrite: bool = False):
+    def __init__(self, cfg: TrainConfig, restart: bool = False, overwrite: bool = False, member: int | None = None):
         self.cfg, t = cfg, cfg.training
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -140,13 +142,21 @@ class Trainer:
                 for name in ("metrics.csv", "train.log", "test_metrics.json", "model.pt"):
                     (self.out / name).unlink(missing_ok=True)
         self.sets = prepare_data(cfg, log=self.log)
+        if member is not None and t.bootstrap:  # a committee member (potential/training/committee_training.py)
+            self.sets.train = bootstrap(self.sets.train, cfg.seed)
+            self.log(f"committee member {member}: bootstrap resample of the training split "
+                     f"({len({id(s) for s in self.sets.train})} distinct of {len(self.sets.train)})")
+        self.source = finetune.load_source(cfg) if cfg.model.init_from is not None else None
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         if ckpt is not None:
             self.stats = ckpt["stats"]
         else:
             self.stats = data_statistics(cfg, self.sets, log=self.log)
-        model_dict = {k: v for k, v in config_to_dict(cfg.model).items() if v is not None}
+            if self.source is not None:  # the whole model config: the source's architecture (potential/training/finetune.py)
+                self.stats = finetune.model_config(cfg, self.source, self.stats, log=self.log)
+        model_dict = {k: v for k, v in config_to_dict(cfg.model).items()
+                      if v is not None and k not in finetune.SECTION_KEYS}
         model_dict.update(self.stats, dtype=cfg.dtype)
         try:
             model_config = ModelConfig.from_dict(model_dict)
@@ -154,17 +164,21 @@ class Trainer:
             raise ConfigError(f"model: {e}") from e
         self.model = Potential(model_config).to(self.device)
         self.model.zero_readouts()  # start from E = E0 + shift (a restart then loads its own weights)
+        if self.source is not None and ckpt is None:
+            finetune.transfer(self.model, self.source, self.sets.train, cfg.model.refit_references, log=self.log)
+        held = finetune.freeze(self.model, t.freeze, self.source.elements, log=self.log) if t.freeze else []
         self._precompiled = False  # the first step of this process compiles its kernels at once (_precompile)
         if self.world > 1:
             for p in self.model.parameters():
                 dist.broadcast(p.data, 0)
         self.ema = None if t.ema_decay is None else AveragedModel(
             self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
-        params = list(self.model.parameters())
+        params = [p for p in self.model.parameters() if p.requires_grad]  # training.freeze leaves some out
         opt = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
         self.padded = t.graph == "on" or (t.graph == "auto" and self.device.type == "cuda")
         self.optimizer = opt(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad,
                              capturable=self.padded and self.device.type == "cuda")
+        finetune.hold_rows(self.optimizer, held)
         self.warmup = None if t.warmup_steps == 0 else torch.optim.lr_scheduler.LinearLR(
             self.optimizer, start_factor=1.0 / (t.warmup_steps + 1), end_factor=1.0, total_iters=t.warmup_steps)
         if t.scheduler == "plateau":
@@ -506,5 +520,12 @@ class Trainer:
 
 
 def run(cfg: TrainConfig, restart: bool = False, overwrite: bool = False) -> dict:
-    """Train as configured (see the module docstring); returns {"best_epoch", "valid": metrics, "test": ...}."""
-    return Trainer(cfg, restart=restart, overwrite=overwrite).train()
+    """Train as configured (see the module docstring); returns {"best_epoch", "valid": metrics, "test": ...}.
+    With training.committee: N, trains the N members in turn and returns potential.training.committee_training's summary."""
+    if cfg.training.committee is None:
+        return Trainer(cfg, restart=restart, overwrite=overwrite).train()
+    results = []
+    for k, member in enumerate(member_configs(cfg)):
+        resume = restart and (Path(member.output_dir) / "checkpoint.pt").exists()
+        results.append(Trainer(member, restart=resume, overwrite=overwrite, member=k).train())
+    return collect_members(cfg, results, log=tqdm.write)

@@ -1,4 +1,4 @@
-"""Batched FIRE (potential/fire.py) against ase.optimize.FIRE with potential.Calculator, float64.
+"""Batched FIRE (potential/simulation/fire.py) against ase.optimize.FIRE with potential.Calculator, float64.
 
 Budget: ~10 s on 2 CPU cores."""
 

@@ -1,4 +1,4 @@
-"""The device-resident MD engine (potential/dynamics.py) against ASE's integrators with potential.Calculator,
+"""The device-resident MD engine (potential/simulation/dynamics.py) against ASE's integrators with potential.Calculator,
 float64, on CPU (eager padded step).
 
 NVE and ASE-scheme Langevin are compared step for step (Langevin fed ASE's own numpy normals); Bussi too,

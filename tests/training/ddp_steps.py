@@ -4,7 +4,7 @@
 
 Two gloo processes train the padded step (potential.training.captured_step.TrainStep, ddp=True: torch's
 DistributedDataParallel) at 2 structures per step, rank r taking order[r::2] of each 4 structures (as
-DistributedSampler deals them), and then, from the same start, the eager step of potential/training.py (the
+DistributedSampler deals them), and then, from the same start, the eager step of potential/training/trainer.py (the
 Potential wrapped in DistributedDataParallel); then one process trains at 4 structures per step on the same
 order. Writes OUT_DIR/rank{0,1}.pt, OUT_DIR/eager_rank{0,1}.pt and OUT_DIR/single.pt: {parameter name: weights}
 and {"ema." + name: EMA weights} after 2 steps, and in the rank files {"initial." + name: weights before
@@ -95,7 +95,7 @@ def train_eager(rank: int, world: int, device) -> dict:
     model, optimizer, ema, groups, collate = setup(device)
     for g in optimizer.param_groups:
         g["capturable"] = False  # the eager step: torch's default
-    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)  # as potential/training.py
+    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)  # as potential/training/trainer.py
     weights = LossWeights(energy=1.0, forces=10.0, stress=100.0)
     for group in groups:
         batch = collate(group[rank::world], R_MAX).to(device=device)

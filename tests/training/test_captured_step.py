@@ -1,5 +1,5 @@
-"""The padded static-shape training step (potential/captured_step.py) against today's eager step in
-potential/training.py: same loss, gradients, updated weights, optimizer state, EMA and metric sums, in float64, for
+"""The padded static-shape training step (potential/training/captured_step.py) against today's eager step in
+potential/training/trainer.py: same loss, gradients, updated weights, optimizer state, EMA and metric sums, in float64, for
 three batch compositions (run eagerly on CPU; captured as a CUDA graph in the gpu test). Data parallel: two gloo
 processes at batch B give the weights of one process at batch 2B."""
 

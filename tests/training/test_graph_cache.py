@@ -1,4 +1,4 @@
-"""The training graphs built once (potential/graph_cache.py): batches equal data.collate's, in the sampler's
+"""The training graphs built once (potential/training/graph_cache.py): batches equal data.collate's, in the sampler's
 order; the disk cache is keyed by content and r_max, written atomically, reused, and survives bad files."""
 
 from __future__ import annotations
