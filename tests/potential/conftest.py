@@ -45,7 +45,8 @@ def build_model(seed: int = 0, **overrides):
     from potential import Potential
 
     torch.manual_seed(seed)
-    return Potential(tiny_config(ELEMENTS, **{**BASE, **overrides}))
+    settings = {**BASE, **overrides}
+    return Potential(tiny_config(settings.pop("elements", ELEMENTS), **settings))
 
 
 @pytest.fixture(scope="session")
