@@ -12,35 +12,15 @@ its parent, and pickling (spawn workers) drops the handle.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from . import schema
+from .atomic import atomic_path  # noqa: F401  (also imported from here)
 from .structure import DataError, Structure
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".h5.tmp"):
-    """Yield a temporary path beside `path`; on success move it to `path`, on error delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)  # mkstemp makes the file 0600; give it the usual permissions
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # Chunk rows of the resizable datasets. Small per-atom chunks keep a random

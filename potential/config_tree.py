@@ -20,6 +20,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from data.atomic import atomic_path
+
 __all__ = ["ConfigError", "check", "build", "apply_overrides", "read_yaml", "to_dict", "dump"]
 
 
@@ -209,7 +211,5 @@ def to_dict(cfg) -> dict:
 
 def dump(cfg, path: str | Path) -> None:
     """Write the resolved config as YAML (round-trips through `read_yaml` and `build`), atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

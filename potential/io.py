@@ -15,11 +15,12 @@ a file without "tensor_product" (written before the Gaunt option) loads as "cg".
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from data.atomic import atomic_path
 
 from .model import ModelConfig, Potential
 
@@ -71,18 +72,8 @@ def save_model(model: Potential, path: str | os.PathLike, extra: dict | None = N
         "units": dict(UNITS),
         "extra": extra,
     }
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_model_file(path: str | os.PathLike) -> dict:

@@ -48,7 +48,6 @@ import argparse
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +55,7 @@ import torch
 from ase.data import chemical_symbols
 
 import kernels
+from data.atomic import atomic_path
 
 from .io import read_model_file
 from .model import ModelConfig, Potential, calling_thread_backward
@@ -215,18 +215,8 @@ def export(model_path, out_path, dtype: str | None = None, device: str | None = 
     unified.model(torch.device("cpu"))  # the weights must load into the config's model, or fail here
     unified._model = None
     out_path = Path(out_path)
-    folder = out_path.parent if str(out_path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(unified, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(unified, f, protocol=pickle.HIGHEST_PROTOCOL)
     return unified
 
 

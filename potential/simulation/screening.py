@@ -36,6 +36,7 @@ import ase
 import ase.io
 import numpy as np
 
+from data.atomic import atomic_path
 from data.structure import is_3d_periodic
 
 from ..evaluate import as_structure, evaluate
@@ -277,8 +278,7 @@ def _write_csv(path: Path, atoms_list, results, relaxed: bool) -> None:
     if committee:
         cols += ["energy_per_atom_std_eV", "max_force_spread_eV_A"]
     cols.append("error")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for a, r in zip(atoms_list, results):
@@ -289,7 +289,6 @@ def _write_csv(path: Path, atoms_list, results, relaxed: bool) -> None:
             if committee:
                 row += [r.get("energy_per_atom_std", math.nan), r.get("max_force_spread", math.nan)]
             w.writerow(row + [r["error"] or ""])
-    os.replace(tmp, path)
 
 
 def _write_extxyz(path: Path, atoms_list, results, relaxed: bool) -> None:
@@ -316,6 +315,5 @@ def _write_extxyz(path: Path, atoms_list, results, relaxed: bool) -> None:
                 props["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
             a.calc = SinglePointCalculator(a, **props)
         frames.append(a)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    ase.io.write(tmp, frames, format="extxyz")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".extxyz") as tmp:
+        ase.io.write(tmp, frames, format="extxyz")

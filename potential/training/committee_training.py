@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from data.atomic import atomic_path
 
 from .config import TrainConfig
 
@@ -43,30 +43,18 @@ def bootstrap(structures: list, seed: int) -> list:
     return [structures[i] for i in np.sort(rng.integers(0, len(structures), len(structures)))]
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def collect_members(cfg: TrainConfig, results: list[dict], log=print) -> dict:
     """Copy member_k/model.pt to model_k.pt, write committee.json; returns {"models": [...], "members": [...]}."""
     out = Path(cfg.output_dir)
     members = []
     for k, (member, result) in enumerate(zip(member_configs(cfg), results)):
         target = out / f"model_{k}.pt"
-        _copy_atomic(Path(member.output_dir) / "model.pt", target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(Path(member.output_dir) / "model.pt", tmp)
         members.append({"model": str(target), "seed": member.seed, "output_dir": member.output_dir, **result})
     summary = {"committee": len(members), "bootstrap": cfg.training.bootstrap,
                "models": [m["model"] for m in members], "members": members}
-    fd, tmp = tempfile.mkstemp(prefix=".committee.json.", suffix=".tmp", dir=out)
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(out / "committee.json") as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
-    os.replace(tmp, out / "committee.json")
     log(f"committee of {len(members)}: " + " ".join(m["model"] for m in members))
     return summary
