@@ -18,7 +18,8 @@ every --check-every steps checks, on the device, each replica against these rule
 A replica stops at its first violation (any rule; with --allow-h-transfer h_transfer is recorded but not fatal);
 its time (ps), rules and atoms are recorded. The surviving replicas go on in a new engine (next seed).
 Speed: steps/s of the batch and atom-steps/s (atoms of the live replicas x steps) over the engine's time alone;
-the checks and the engine's setup (model load, CUDA graph capture) are timed separately.
+the checks and the setup (model load, each engine's first step: kernel compiles, CUDA graph capture) are timed
+apart. A run the engine aborts still writes what it measured (key "error"), then raises.
 Writes bench/results/stability-<device>-<UTC time>.json (and $OUT/ when set) and prints a summary table last.
 """
 
@@ -139,106 +140,122 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    sys.path.insert(0, str(ROOT))  # before bench/: its kernels.py would shadow the kernels package
-    sys.path.append(str(Path(__file__).resolve().parent))  # result_file, when imported from a test
-    import ase.io
-    from tqdm.auto import tqdm
-
-    from potential.evaluate import load_model_file
+def simulate(args, model, start, check, replicas, stats, say) -> None:
+    """Run the live replicas to --ps, checking every --check-every steps; fills `replicas` and `stats` as it goes
+    (so an engine error leaves what was measured)."""
     from potential.simulation.dynamics import Dynamics
-    from potential.simulation.md_output import check_elements, init_velocities
-    from result_file import device_name, header, write_result
 
-    if args.replicas < 1 or args.check_every < 1 or not args.ps > 0 or not args.timestep > 0:
-        raise SystemExit("stability: --replicas, --check-every, --ps and --timestep must be positive")
-    t_setup = time.perf_counter()
-    start = ase.io.read(args.structure, index=0)
-    start.calc = None
-    model = load_model_file(args.model, device=args.device)
-    check_elements(start, model.elements, args.structure)
-    device = next(model.parameters()).device
-    check = StabilityCheck(start, device, args.min_distance, args.max_stretch, args.detach_factor)
     fatal = np.array([r != "h_transfer" or not args.allow_h_transfer for r in RULES])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if check.eye.is_cuda else (lambda: None)
     total_steps = int(round(args.ps * 1000.0 / args.timestep))
-    replicas = []
-    for k in range(args.replicas):
-        atoms = start.copy()
-        init_velocities(atoms, args.temperature, args.seed + k)
-        replicas.append({"replica": k, "seed": args.seed + k, "atoms": atoms, "first": {}, "stopped_ps": None})
-    live = list(range(args.replicas))
-    engine_s = check_s = 0.0
-    batch_steps = atom_steps = checks = engines = 0
-    setup_s = time.perf_counter() - t_setup
-    done = 0
-    bar = tqdm(total=total_steps, unit="step", desc=f"NVT {args.temperature:g} K", disable=None, file=sys.stderr)
-    while live and done < total_steps:
+    live = list(range(len(replicas)))
+    while live and stats["steps"] < total_steps:
         t0 = time.perf_counter()
         dyn = Dynamics(model, [replicas[k]["atoms"] for k in live], timestep=args.timestep, thermostat="langevin",
-                       temperature=args.temperature, friction=args.friction, seed=args.seed + 1000 * engines)
-        engines += 1
-        setup_s += time.perf_counter() - t0
-        while done < total_steps:
-            steps = min(args.check_every, total_steps - done)
-            sync()
+                       temperature=args.temperature, friction=args.friction, seed=args.seed + 1000 * stats["engines"])
+        stats["engines"] += 1
+        stats["setup_s"] += time.perf_counter() - t0
+        fresh = True
+        while stats["steps"] < total_steps:
+            steps = timed = min(args.check_every, total_steps - stats["steps"])
+            if fresh:  # the first step compiles kernels and captures the CUDA graphs: setup, not speed
+                t0 = time.perf_counter()
+                dyn.step()
+                sync()
+                stats["setup_s"] += time.perf_counter() - t0
+                fresh, timed = False, steps - 1
             t0 = time.perf_counter()
-            dyn.run(steps)
+            dyn.run(timed)
             sync()
             t1 = time.perf_counter()
             flags = check(dyn.positions, dyn.energy).cpu().numpy()  # [B, len(RULES)]
-            engine_s += t1 - t0
-            batch_steps += steps
-            atom_steps += steps * dyn.positions.shape[0]
-            done += steps
-            now_ps = done * args.timestep / 1000.0
+            stats["engine_s"] += t1 - t0
+            stats["timed_steps"] += timed
+            stats["atom_steps"] += timed * dyn.positions.shape[0]
+            stats["steps"] += steps
+            now_ps = stats["steps"] * args.timestep / 1000.0
             failed = []
             for b, k in enumerate(live):
+                replicas[k]["ps"] = now_ps
                 new = [r for r, hit in zip(RULES, flags[b]) if hit and r not in replicas[k]["first"]]
                 detail = check.describe(dyn.positions, b) if new else []
                 for r in new:
                     replicas[k]["first"][r] = {"ps": now_ps, "atoms": [s for s in detail if s.startswith(r)]}
                 if (flags[b] & fatal).any():
                     failed.append(k)
-                    replicas[k]["stopped_ps"] = now_ps
-                    bar.write(f"replica {k} stopped at {now_ps:.3f} ps: {'; '.join(detail)}")
-            checks += 1
-            check_s += time.perf_counter() - t1
-            bar.update(steps)
+                    replicas[k]["stopped"] = True
+                    say(f"replica {k} stopped at {now_ps:.3f} ps: {'; '.join(detail)}")
+            stats["checks"] += 1
+            stats["check_s"] += time.perf_counter() - t1
             if failed:  # carry on with the survivors in a fresh engine (their current state, a new seed)
-                states = dyn.get_atoms()
-                for b, k in enumerate(live):
-                    replicas[k]["atoms"] = states[b]
+                for b, atoms in enumerate(dyn.get_atoms()):
+                    replicas[live[b]]["atoms"] = atoms
                 live = [k for k in live if k not in failed]
                 break
-    bar.close()
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # before bench/: its kernels.py would shadow the kernels package
+    sys.path.append(str(Path(__file__).resolve().parent))  # result_file, when imported from a test
+    import ase.io
+
+    from potential.evaluate import load_model_file
+    from potential.simulation.md_output import check_elements, init_velocities
+    from result_file import device_name, header, write_result
+
+    if args.replicas < 1 or args.check_every < 1 or not args.ps > 0 or not args.timestep > 0:
+        raise SystemExit("stability: --replicas, --check-every, --ps and --timestep must be positive")
+    t0 = time.perf_counter()
+    start = ase.io.read(args.structure, index=0)
+    start.calc = None
+    model = load_model_file(args.model, device=args.device)
+    check_elements(start, model.elements, args.structure)
+    device = next(model.parameters()).device
+    check = StabilityCheck(start, device, args.min_distance, args.max_stretch, args.detach_factor)
+    replicas = []
+    for k in range(args.replicas):
+        atoms = start.copy()
+        init_velocities(atoms, args.temperature, args.seed + k)
+        replicas.append({"replica": k, "seed": args.seed + k, "atoms": atoms, "ps": 0.0, "stopped": False,
+                         "first": {}})
+    stats = dict(steps=0, timed_steps=0, atom_steps=0, engines=0, checks=0, engine_s=0.0, check_s=0.0,
+                 setup_s=time.perf_counter() - t0)
+    error = None
+    try:
+        simulate(args, model, start, check, replicas, stats, say=print)
+    except Exception as e:  # an engine that fails mid-run is a finding too: write what was measured, then raise
+        error = e
+    t = stats["engine_s"]
     result = {**header(device_name(device)), "argv": sys.argv[1:] if argv is None else list(argv),
               "model": str(args.model), "structure": str(args.structure), "formula": start.get_chemical_formula(),
               "atoms": len(start), "temperature_K": args.temperature, "ps": args.ps, "timestep_fs": args.timestep,
               "friction_per_fs": args.friction, "replicas": args.replicas, "check_every": args.check_every,
               "rules": {"min_distance_A": args.min_distance, "max_stretch": args.max_stretch, "bond_factor": 1.2,
                         "detach_factor": args.detach_factor, "allow_h_transfer": args.allow_h_transfer},
-              "stable": sum(r["stopped_ps"] is None for r in replicas),
+              "stable": sum(not r["stopped"] and r["ps"] >= args.ps - 1e-9 for r in replicas),
+              "error": None if error is None else f"{type(error).__name__}: {error}",
               "per_replica": [{k: v for k, v in r.items() if k != "atoms"} for r in replicas],
-              "engine": {"batch_steps": batch_steps, "wall_s": engine_s, "engines_built": engines,
-                         "ms_per_step": 1e3 * engine_s / max(batch_steps, 1),
-                         "steps_per_s": batch_steps / engine_s if engine_s else math.nan,
-                         "atom_steps_per_s": atom_steps / engine_s if engine_s else math.nan},
-              "checks": {"count": checks, "wall_s": check_s, "ms_per_check": 1e3 * check_s / max(checks, 1)},
-              "setup_s": setup_s}
+              "engine": {"timed_steps": stats["timed_steps"], "wall_s": t, "engines_built": stats["engines"],
+                         "ms_per_step": 1e3 * t / stats["timed_steps"] if t else math.nan,
+                         "steps_per_s": stats["timed_steps"] / t if t else math.nan,
+                         "atom_steps_per_s": stats["atom_steps"] / t if t else math.nan},
+              "checks": {"count": stats["checks"], "wall_s": stats["check_s"],
+                         "ms_per_check": 1e3 * stats["check_s"] / max(stats["checks"], 1)},
+              "setup_s": stats["setup_s"]}
     path = write_result("stability", result, args.results_dir)
     e = result["engine"]
-    print(f"\n{start.get_chemical_formula()} ({len(start)} atoms), {args.temperature:g} K, {args.ps:g} ps at "
-          f"{args.timestep:g} fs, {args.replicas} replicas on {result['device']}  ->  {path}")
-    print(f"{'replica':>7} {'seed':>5} {'survived ps':>11}  first violations (ps: atoms)")
+    print(f"\n{result['formula']} ({len(start)} atoms), {args.temperature:g} K, {args.ps:g} ps at {args.timestep:g} "
+          f"fs, {args.replicas} replicas on {result['device']}  ->  {path}")
+    print(f"{'replica':>7} {'seed':>5} {'reached ps':>10}  first violation of each rule (ps, atoms)")
     for r in result["per_replica"]:
-        survived = r["stopped_ps"] if r["stopped_ps"] is not None else args.ps
         firsts = "; ".join(f"{v['ps']:.3f} ps {', '.join(v['atoms']) or rule}" for rule, v in r["first"].items())
-        print(f"{r['replica']:>7} {r['seed']:>5} {survived:>11.3f}  {firsts or '-'}")
+        print(f"{r['replica']:>7} {r['seed']:>5} {r['ps']:>10.3f}  {firsts or '-'}")
     print(f"stable: {result['stable']}/{args.replicas} replicas for {args.ps:g} ps | engine {e['ms_per_step']:.3f} "
           f"ms/step, {e['steps_per_s']:.0f} steps/s, {e['atom_steps_per_s']:.3g} atom-steps/s | checks "
-          f"{result['checks']['ms_per_check']:.2f} ms each ({checks}) | setup {setup_s:.1f} s")
+          f"{result['checks']['ms_per_check']:.2f} ms each ({stats['checks']}) | setup {stats['setup_s']:.1f} s")
+    if error is not None:
+        raise error
     return result
 
 

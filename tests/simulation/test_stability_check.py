@@ -104,6 +104,9 @@ def test_tiny_run_writes_its_result(tmp_path):
     written = json.loads(next(tmp_path.glob("stability-cpu-*.json")).read_text())
     assert written["per_replica"] == result["per_replica"] and len(written["per_replica"]) == 2
     assert written["atoms"] == 9 and written["checks"]["count"] >= 1
-    assert 0 < written["engine"]["batch_steps"] <= 4 and written["engine"]["steps_per_s"] > 0
+    # 4 steps, checked after 2 and 4; each engine's first step is setup, not timed
+    assert 0 < written["engine"]["timed_steps"] <= 3 and written["engine"]["steps_per_s"] > 0
+    assert written["error"] is None and written["stable"] == sum(not r["stopped"] for r in written["per_replica"])
     for r in written["per_replica"]:  # every rule is fatal here: a replica runs to the end or stops at a violation
-        assert (r["stopped_ps"] is None) == (not r["first"])
+        assert r["stopped"] == bool(r["first"])
+        assert r["ps"] == pytest.approx(0.002) or (r["stopped"] and r["ps"] == pytest.approx(0.001))
