@@ -89,7 +89,7 @@ class StabilityCheck:
         bonded = (d < self.bond_cut) & ~self.eye  # [B, n, n]
         h = self.h_of_bond.clamp(min=0)
         others = bonded[:, h, :].clone()  # [B, M, n]: who the bond's hydrogen is bonded to now
-        others[:, torch.arange(len(h)), self.partner] = False
+        others[:, torch.arange(len(h), device=d.device), self.partner] = False
         transfer = stretched & (self.h_of_bond >= 0) & others.any(dim=2)
         return stretched & ~transfer, transfer
 

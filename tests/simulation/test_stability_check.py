@@ -110,3 +110,27 @@ def test_tiny_run_writes_its_result(tmp_path):
     for r in written["per_replica"]:  # every rule is fatal here: a replica runs to the end or stops at a violation
         assert r["stopped"] == bool(r["first"])
         assert r["ps"] == pytest.approx(0.002) or (r["stopped"] and r["ps"] == pytest.approx(0.001))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_check_matches_cpu_and_runs(tmp_path):
+    """The rules on the GPU give the CPU's flags; a short batched run on the CUDA engine (graphs) writes its JSON."""
+    atoms, o, h, c = ethanol()
+    frames = [atoms.positions + np.random.default_rng(s).normal(scale=0.4, size=atoms.positions.shape)
+              for s in range(16)]
+    pos = torch.tensor(np.concatenate(frames), dtype=torch.float64)
+    energy = torch.zeros(16, dtype=torch.float64)
+    on_cpu = stability.StabilityCheck(atoms, "cpu")(pos, energy)
+    on_gpu = stability.StabilityCheck(atoms, "cuda")(pos.cuda(), energy.cuda()).cpu()
+    assert torch.equal(on_cpu, on_gpu) and on_cpu.any() and not on_cpu.all()
+    from builders import tiny_model
+
+    from potential import save_model
+
+    save_model(tiny_model(elements=(1, 6, 8)), tmp_path / "model.pt")
+    atoms.write(tmp_path / "start.xyz")
+    result = stability.main([str(tmp_path / "model.pt"), "--structure", str(tmp_path / "start.xyz"), "--ps", "0.1",
+                             "--replicas", "4", "--check-every", "50", "--device", "cuda", "--temperature", "300",
+                             "--results-dir", str(tmp_path)])
+    assert result["device"] != "cpu" and result["engine"]["timed_steps"] > 0 and result["error"] is None
