@@ -50,41 +50,10 @@ def used_slots(ctx, slots) -> tuple:
 
 
 def _will_run(node) -> bool:
-    """The engine's own query (_engine_query). Without it, every input that requires grad gets its gradient.
-    Inside autograd.grad the engine cannot answer for a leaf that is one
-    of the requested inputs: it raises, and the raise costs more host time than a small pass's kernels. So a
-    leaf is asked about only in a backward that builds a graph (the force pass, where an unused gradient of a
-    leaf would cost a whole sender pass); in a plain backward its gradient counts as used. `_tracked` gives
-    the contraction's weights a node of their own instead."""
-    if node is None:
-        return False
-    if _WILL_RUN is None:
-        return True
-    if not torch.is_grad_enabled() and node.name() == "torch::autograd::AccumulateGrad":  # a leaf
-        return True
-    try:
-        return _WILL_RUN(node)
-    except RuntimeError:  # a requested leaf inside autograd.grad
-        return True
-
-
-TESTED_TORCH = ((2, 11), (2, 14))  # [first, last) minor versions of torch that _engine_query is tested with
-
-
-def _engine_query():
-    """torch's answer to "will the running backward execute this node?": torch._C._will_engine_execute_node,
-    which torch.autograd.graph.register_multi_grad_hook is built on; torch gives it no public name. Used only on
-    the torch versions in TESTED_TORCH; elsewhere None, the public path: each input gets its gradient where
-    ctx.needs_input_grad says so. Both give the same numbers (tests/kernels/test_triton_engine_query.py compares
-    them bitwise); the query saves the force pass the gradients it does not use (the contraction weights', the
-    first layer's node features': a whole sender pass)."""
-    version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-    if not TESTED_TORCH[0] <= version < TESTED_TORCH[1]:
-        return None
-    return getattr(torch._C, "_will_engine_execute_node", None)
-
-
-_WILL_RUN = _engine_query()
+    """Whether the input behind `node` gets a gradient: every input that requires grad does (it has a node).
+    torch's engine could say which of them the running backward will use (torch._C._will_engine_execute_node),
+    which would spare the force pass the weights' gradients, but it has no public name, so it is not used."""
+    return node is not None
 
 
 def _run_form(outs, graph, tab, slots):
