@@ -51,8 +51,8 @@ def used_slots(ctx, slots) -> tuple:
 
 def _will_run(node) -> bool:
     """Whether the input behind `node` gets a gradient: every input that requires grad does (it has a node).
-    torch's engine could say which of them the running backward will use (torch._C._will_engine_execute_node),
-    which would spare the force pass the weights' gradients, but it has no public name, so it is not used."""
+    Which of them the running backward will actually use is known only to torch's engine, through no public API,
+    so the force pass also computes the weights' gradients that it does not use."""
     return node is not None
 
 
