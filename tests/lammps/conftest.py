@@ -3,12 +3,11 @@ and the helpers of lmp.py (loaded with importlib: the importlib import mode give
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from builders import load_module
 
 from potential import ModelConfig, Potential, save_model
 from potential.lammps import export
@@ -19,13 +18,7 @@ SKIN = 1.0  # Å, the neighbour skin the tests give LAMMPS
 
 
 def _helpers():
-    name = "tumbler_tests_lammps_lmp"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("lmp.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_module("tumbler_tests_lammps_lmp", Path(__file__).with_name("lmp.py"))
 
 
 @pytest.fixture(scope="session")

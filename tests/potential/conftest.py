@@ -7,14 +7,12 @@ shapes the symmetry tests sweep (hidden lmax 0..3, 1..3 interactions, correlatio
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from builders import tiny_config
+from builders import load_module, tiny_config
 
 ELEMENTS = [1, 6, 8]  # H, C, O
 R_MAX = 3.0  # Å: small, so the tiny test structures have few edges
@@ -32,13 +30,7 @@ CONFIGS = {
 
 def load_properties():
     """tests/potential/properties.py as a module (importlib mode gives tests no package path)."""
-    name = "tumbler_potential_properties"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("properties.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_module("tumbler_potential_properties", Path(__file__).with_name("properties.py"))
 
 
 def build_model(seed: int = 0, **overrides):

@@ -10,6 +10,8 @@ interaction): every test package starts from TINY and states only what it change
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,17 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"../shared/data absent: {SHARED_DATA} not found (reference datasets are not part of the repo)")
     return SHARED_DATA
+
+
+def load_module(name: str, path: Path):
+    """The Python file `path` as module `name`, loaded once (a test folder's helper file: pytest's importlib mode
+    gives test folders no package path)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def tiny_config(elements=(29,), **overrides):
