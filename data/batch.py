@@ -1,4 +1,8 @@
-"""`Batch`: several structures as one disconnected graph of torch tensors.
+"""`Batch`: several structures as one disconnected graph of torch tensors, and the packer that builds it.
+
+`pack_nodes` concatenates structures (data.Structure or ase.Atoms) into atom and cell arrays; `collate` (HDF5
+rows, training) and `Batch.from_atoms` (inference) add the neighbor lists and labels to them; `pack_atoms` puts
+them on a device with momenta and masses for the device-resident engines, which keep their own neighbor lists.
 
 Atoms of structure b are rows ptr[b]:ptr[b+1]; edges carry global atom indices and
 are sorted by receiver (stable; within a receiver by sender, then shift), so the
@@ -18,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from ase import Atoms
 
 from .neighbors import neighbor_list
 from .structure import Structure
@@ -86,20 +91,63 @@ class Batch:
         return batch
 
 
+def pack_nodes(items: Sequence) -> dict[str, np.ndarray]:
+    """The atoms and cells of `items` concatenated in order: the one packer behind `collate`, `Batch.from_atoms`
+    and `pack_atoms`.
+
+    items: data.Structure or ase.Atoms (anything with positions [n, 3] Å, numbers [n], cell [3, 3] Å, pbc [3]).
+    Returns numpy arrays: positions [N, 3] float64 Å, numbers [N] int64, batch [N] int64 (structure of each atom),
+    ptr [B+1] int64 (atom offsets), cell [B, 3, 3] float64 Å (zero for a structure with no periodic direction),
+    pbc [B, 3] bool.
+    """
+    items = list(items)
+    num = len(items)
+    counts = np.array([len(s) for s in items], dtype=np.int64)
+    ptr = np.zeros(num + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    pbc = np.array([np.asarray(s.pbc, dtype=bool) for s in items], dtype=bool).reshape(num, 3)
+    cells = np.zeros((num, 3, 3))
+    for b, s in enumerate(items):
+        if pbc[b].any():
+            cells[b] = np.asarray(s.cell, dtype=np.float64)
+    return dict(
+        positions=_cat([np.asarray(s.positions) for s in items], (0, 3), np.float64),
+        numbers=_cat([np.asarray(s.numbers) for s in items], (0,), np.int64),
+        batch=np.repeat(np.arange(num, dtype=np.int64), counts),
+        ptr=ptr,
+        cell=cells,
+        pbc=pbc,
+    )
+
+
+def pack_atoms(atoms_list: Sequence[Atoms], device=None, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """ASE Atoms as tensors on `device` for the device-resident engines (potential.simulation), which build their
+    own neighbor lists: `pack_nodes`'s arrays plus momenta [N, 3] (amu Å / ASE time) and masses [N] (amu).
+    positions, cell, momenta and masses are in `dtype`; numbers, batch, ptr int64; pbc bool."""
+    if len(atoms_list) == 0:
+        raise ValueError("no structures given")
+    arrays = pack_nodes(atoms_list)
+    arrays["momenta"] = _cat([a.get_momenta() for a in atoms_list], (0, 3), np.float64)
+    arrays["masses"] = _cat([a.get_masses() for a in atoms_list], (0,), np.float64)
+    return {k: torch.tensor(v, dtype=dtype if v.dtype == np.float64 else None, device=device)
+            for k, v in arrays.items()}
+
+
+def _cat(arrays, shape, dtype) -> np.ndarray:
+    """np.concatenate(arrays) as `dtype`; an empty array of `shape` when there are none."""
+    return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(shape, dtype)
+
+
 def collate(structures: Sequence[Structure], cutoff: float) -> Batch:
     """Batch of `structures` with vesin neighbor lists (CPU) within `cutoff` (Å). float64."""
     structures = list(structures)
     num = len(structures)
-    counts = np.array([len(s) for s in structures], dtype=np.int64)
-    ptr = np.zeros(num + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
+    nodes = pack_nodes(structures)
+    ptr, cells = nodes["ptr"], nodes["cell"]
     total = int(ptr[-1])
 
     senders, receivers, shifts = [], [], []
-    cells = np.zeros((num, 3, 3))
     for b, s in enumerate(structures):
-        if s.pbc.any():
-            cells[b] = s.cell
         snd, rcv, sh = neighbor_list(s.positions, cells[b], s.pbc, cutoff)
         # Structures are concatenated in order, so per-structure receiver-sorted lists stay sorted.
         senders.append(snd + ptr[b])
@@ -117,20 +165,12 @@ def collate(structures: Sequence[Structure], cutoff: float) -> Batch:
         if s.energy is not None:
             energy[b] = s.energy
 
-    def cat(arrays, shape, dtype):
-        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(shape, dtype)
-
     t = torch.from_numpy
     return Batch(
-        positions=t(cat([s.positions for s in structures], (0, 3), np.float64)),
-        numbers=t(cat([s.numbers for s in structures], (0,), np.int64)),
-        batch=t(np.repeat(np.arange(num, dtype=np.int64), counts)),
-        ptr=t(ptr),
-        cell=t(cells),
-        pbc=t(np.array([s.pbc for s in structures], dtype=bool).reshape(num, 3)),
-        senders=t(cat(senders, (0,), np.int64)),
-        receivers=t(cat(receivers, (0,), np.int64)),
-        cell_shifts=t(cat(shifts, (0, 3), np.float64)),
+        **{k: t(v) for k, v in nodes.items()},
+        senders=t(_cat(senders, (0,), np.int64)),
+        receivers=t(_cat(receivers, (0,), np.int64)),
+        cell_shifts=t(_cat(shifts, (0, 3), np.float64)),
         energy=t(energy),
         has_energy=t(np.array([s.energy is not None for s in structures], dtype=bool)),
         forces=t(forces),

@@ -53,34 +53,10 @@ import torch
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from data.batch import pack_atoms
 from ..static_step import StaticStep
 
 THERMOSTATS = (None, "langevin", "baoab", "bussi")
-
-
-def batch_atoms(atoms_list: Sequence[Atoms], device, dtype=torch.float64) -> dict:
-    """Concatenate Atoms into device tensors: positions [N,3], momenta [N,3], masses [N], numbers [N],
-    ptr [B+1] (list), cell [B,3,3] (zero where not periodic), pbc [B,3]."""
-    if len(atoms_list) == 0:
-        raise ValueError("no structures given")
-    ptr = [0]
-    for a in atoms_list:
-        ptr.append(ptr[-1] + len(a))
-
-    def cat(get, shape):
-        arrays = [np.asarray(get(a), dtype=np.float64).reshape(shape) for a in atoms_list]
-        return torch.tensor(np.concatenate(arrays), dtype=dtype, device=device)
-
-    cells = np.stack([np.array(a.cell[:]) if np.any(a.pbc) else np.zeros((3, 3)) for a in atoms_list])
-    return dict(
-        positions=cat(lambda a: a.positions, (-1, 3)),
-        momenta=cat(lambda a: a.get_momenta(), (-1, 3)),
-        masses=cat(lambda a: a.get_masses(), (-1,)),
-        numbers=torch.tensor(np.concatenate([a.numbers for a in atoms_list]), dtype=torch.int64, device=device),
-        ptr=ptr,
-        cell=torch.tensor(cells, dtype=dtype, device=device),
-        pbc=torch.tensor(np.array([a.pbc for a in atoms_list], dtype=bool), device=device),
-    )
 
 
 class _Graphed:
@@ -131,16 +107,16 @@ class Dynamics:
         if device is not None:
             model = model.to(device)
         self.device = device = next(model.parameters()).device
-        state = batch_atoms(atoms_list, device)
+        state = pack_atoms(atoms_list, device)
         self.atoms_list = atoms_list
-        self.ptr = state["ptr"]
+        self.ptr = state["ptr"].tolist()  # [B+1] atom offsets
         self.num_structures = b = len(self.ptr) - 1
         self.numbers, self.pbc, self.cell = state["numbers"], state["pbc"], state["cell"]
         self.positions = state["positions"]  # [N, 3] Å
         self.momenta = state["momenta"]  # [N, 3] amu Å / ASE time
         self.masses = state["masses"][:, None]  # [N, 1] amu
         sizes = torch.tensor([self.ptr[i + 1] - self.ptr[i] for i in range(b)], device=device)
-        self.structure = torch.repeat_interleave(torch.arange(b, device=device), sizes)  # [N]
+        self.structure = state["batch"]  # [N] structure of each atom
         self.ndof = (3 * sizes).to(torch.float64)  # [B]
         self.dt = float(timestep) * units.fs
         self.thermostat = thermostat

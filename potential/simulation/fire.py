@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .dynamics import batch_atoms
+from data.batch import pack_atoms
 from ..static_step import StaticStep
 
 FIRE_DEFAULTS = dict(dt=0.1, maxstep=0.2, dtmax=1.0, Nmin=5, finc=1.1, fdec=0.5, astart=0.1, fa=0.99)
@@ -89,7 +89,7 @@ class _Batch:
 
 def _relax_chunk(model, atoms_list, fmax, max_steps, skin, cuda_graph, compact, par) -> list[dict]:
     device = next(model.parameters()).device
-    state = batch_atoms(atoms_list, device)
+    state = pack_atoms(atoms_list, device)
     b = len(atoms_list)
 
     def full(value, dtype=torch.float64):

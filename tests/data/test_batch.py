@@ -7,6 +7,7 @@ from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from data import Batch, collate
+from data.batch import pack_atoms
 
 
 def test_collate_offsets_and_sorting(make_structures):
@@ -76,6 +77,27 @@ def test_from_atoms_ignores_attached_results():
     assert torch.equal(b.index, torch.tensor([0, 1]))
     np.testing.assert_array_equal(b.numbers.numpy(), [29, 29, 8, 1, 1])
     assert b.num_edges == len(ase_neighbor_list("i", cu, 3.0)) + len(ase_neighbor_list("i", water, 3.0))
+
+
+def test_pack_atoms_packs_as_from_atoms_does():
+    """The device engines' packing (potential.simulation) is Batch's: same atoms, offsets and cells."""
+    cu = bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))
+    cu.set_momenta(np.arange(6.0).reshape(2, 3))
+    water = molecule("H2O")
+    water.cell = [5.0, 5.0, 5.0]  # a cell but no periodic direction: packed as zero
+    packed = pack_atoms([cu, water], device="cpu", dtype=torch.float32)
+    batch = Batch.from_atoms([cu, water], cutoff=3.0, dtype=torch.float32)
+    for name in ("positions", "numbers", "batch", "ptr", "cell", "pbc"):
+        assert torch.equal(packed[name], getattr(batch, name)), name
+    assert torch.all(packed["cell"][1] == 0)
+    assert torch.equal(packed["cell"][0], torch.tensor(cu.cell[:], dtype=torch.float32))
+    np.testing.assert_array_equal(packed["momenta"][:2].numpy(), cu.get_momenta())
+    assert not packed["momenta"][2:].any()
+    np.testing.assert_allclose(packed["masses"].numpy(), np.concatenate([cu.get_masses(), water.get_masses()]),
+                               rtol=1e-7)
+    assert packed["masses"].dtype == torch.float32 and packed["numbers"].dtype == torch.int64
+    with pytest.raises(ValueError, match="no structures"):
+        pack_atoms([], device="cpu")
 
 
 def test_empty_collate():
