@@ -3,12 +3,16 @@
 `run(cfg, restart=False)`:
   1. checks the inputs and fails before training (device, files, labels vs loss weights, elements, batch size);
   2. reads and splits the data and computes the model's data-derived inputs (potential.training.trainset);
-  3. trains with Adam/AdamW, a linear warmup (LinearLR, per optimizer step) then ReduceLROnPlateau (per
-     validation) or CosineAnnealingLR (per epoch), gradient clipping, an EMA of the weights
-     (torch.optim.swa_utils.AveragedModel) used for validation and export, and an optional second stage;
-  4. writes into output_dir: config.yaml, train.log, metrics.csv (one row per epoch), model.pt (best EMA
-     model by validation loss, potential.save_model), checkpoint.pt (every epoch, atomic) and, at the end,
-     test_metrics.json (best model on the validation and test sets).
+  3. trains with Adam/AdamW, gradient clipping and an EMA of the weights (torch.optim.swa_utils.AveragedModel)
+     used for validation and export, on the schedule of potential.training.schedule (linear warmup, then
+     ReduceLROnPlateau or CosineAnnealingLR, and an optional second stage);
+  4. writes into output_dir (potential.training.run_dir): config.yaml, train.log, metrics.csv (one row per
+     epoch), model.pt (best EMA model by validation loss, potential.save_model), checkpoint.pt (every epoch,
+     atomic) and, at the end, test_metrics.json (best model on the validation and test sets,
+     potential.training.evaluation).
+
+This file holds the Trainer: it builds the run's pieces from the config and drives the epoch loop (the eager
+and the captured training steps, the finiteness checks, the energy-offset refits, validation, best model).
 
 Restarts are exact: data order depends only on (seed, epoch) (the sampler's generator is reseeded every epoch)
 and the checkpoint holds model, EMA, optimizer, schedulers, RNG states and counters. Distributed data
@@ -25,9 +29,6 @@ and a tensor learning rate); off runs the eager unpadded step below.
 
 from __future__ import annotations
 
-import csv
-import functools
-import json
 import math
 import os
 import time
@@ -39,29 +40,26 @@ import torch
 import torch.distributed as dist
 from ase.data import chemical_symbols
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader
 # tqdm, not tqdm.auto: the latter's asyncio class calls iter() in __init__, which on a persistent-worker
 # DataLoader starts a second pass (prefetching from the sampler) and so shifts the data order
 from tqdm import tqdm
 
-import data
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from . import finetune
 from .captured_step import TrainStep
 from .committee_training import bootstrap, collect_members, member_configs
 from .config import ConfigError, TrainConfig, config_to_dict, dump_config
 from .energy_offsets import apply_species_shift, species_shift_correction
+from .evaluation import evaluate_model, evaluate_set, final_evaluation, has_label, structure_loader
 from .graph_cache import GraphSet
-from .metrics import METRIC_NAMES, ErrorMetrics, LossWeights, compute_loss, format_header, format_row
-from ..io import load_model, save_model
+from .metrics import ErrorMetrics, compute_loss, format_header, format_row
+from .run_dir import CSV_FIELDS, append_metrics, drop_metrics_after, open_run_dir
+from .schedule import Schedule
+from ..io import save_model
 from ..model import ModelConfig, Potential, calling_thread_backward
 from .trainset import data_statistics, prepare_data
 
 __all__ = ["CSV_FIELDS", "TrainingError", "resolve_device", "evaluate_model", "Trainer", "run"]
-
-_RESTART_KEYS = ("data", "model", "seed", "dtype")   # must match between a checkpoint and a restart
-CSV_FIELDS = (["epoch", "step", "stage", "lr", "time_s"] + [f"train_{k}" for k, _ in METRIC_NAMES]
-              + [f"valid_{k}" for k, _ in METRIC_NAMES])   # metrics.csv columns; errors in meV units
 
 
 class TrainingError(RuntimeError):
@@ -75,32 +73,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def _loader(structures, batch_size, cutoff, num_workers, sampler=None) -> DataLoader:
-    """Batches of data.collate (neighbor lists computed in the workers), in the sampler's order (default: as
-    stored). The loader's own generator only seeds its workers (which draw no random numbers), so the
-    sampler's generator alone decides the order, however the workers are started."""
-    return DataLoader(structures, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(0),
-                      collate_fn=functools.partial(data.collate, cutoff=cutoff), drop_last=False,
-                      persistent_workers=num_workers > 0)
-
-
-def evaluate_model(model, loader, device, dtype, weights: LossWeights, forces: bool, stress: bool) -> dict:
-    """Metrics (potential.training.metrics.METRIC_NAMES) of `model` over every batch of `loader`."""
-    metrics = ErrorMetrics(device)
-    model.eval()
-    for batch in loader:
-        batch = batch.to(device=device, dtype=dtype)
-        out = model(batch, forces=forces, stress=stress, training=False)
-        loss, _ = compute_loss(batch, out, weights)
-        metrics.update(batch, out, loss)
-    return metrics.compute()
-
-
-def _has(structures, label: str) -> bool:
-    return any(getattr(s, label) is not None for s in structures)
 
 
 class Trainer:
@@ -125,22 +97,7 @@ class Trainer:
         self.dtype = getattr(torch, cfg.dtype)
         self.out = Path(cfg.output_dir)
         self.ckpt_path, self.model_path = self.out / "checkpoint.pt", self.out / "model.pt"
-        if not restart and self.ckpt_path.exists() and not overwrite:
-            raise ConfigError(f"output_dir: '{self.out}' already holds a run (checkpoint.pt); pass --restart to "
-                              f"resume it, --overwrite to start again, or --set output_dir=<new folder>")
-        ckpt = load_checkpoint(self.ckpt_path) if restart else None
-        if ckpt is not None:
-            old = ckpt["config"]
-            new = config_to_dict(cfg)
-            changed = [k for k in _RESTART_KEYS if old.get(k) != new.get(k)]
-            if changed:
-                raise ConfigError(f"--restart: the config's {', '.join(changed)} differ from those of "
-                                  f"'{self.ckpt_path}'; only training settings may change on a restart")
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not restart:
-                for name in ("metrics.csv", "train.log", "test_metrics.json", "model.pt"):
-                    (self.out / name).unlink(missing_ok=True)
+        ckpt = open_run_dir(cfg, restart, overwrite, self.main)
         self.sets = prepare_data(cfg, log=self.log)
         if member is not None and t.bootstrap:  # a committee member (potential/training/committee_training.py)
             self.sets.train = bootstrap(self.sets.train, cfg.seed)
@@ -179,16 +136,7 @@ class Trainer:
         self.optimizer = opt(params, lr=t.lr, weight_decay=t.weight_decay, amsgrad=t.amsgrad,
                              capturable=self.padded and self.device.type == "cuda")
         finetune.hold_rows(self.optimizer, held)
-        self.warmup = None if t.warmup_steps == 0 else torch.optim.lr_scheduler.LinearLR(
-            self.optimizer, start_factor=1.0 / (t.warmup_steps + 1), end_factor=1.0, total_iters=t.warmup_steps)
-        if t.scheduler == "plateau":
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, factor=t.lr_factor, patience=t.patience, min_lr=t.min_lr)
-        elif t.scheduler == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=t.max_epochs, eta_min=t.min_lr)
-        else:
-            self.scheduler = None
+        self.schedule = Schedule(self.optimizer, t)
         # data order: the sampler's generator is reseeded from (seed, epoch) every epoch, so it survives restarts
         self.generator = torch.Generator()
         if self.world > 1:
@@ -197,15 +145,15 @@ class Trainer:
         else:
             self.sampler = torch.utils.data.RandomSampler(self.sets.train, generator=self.generator)
         r_max = model_config.r_max
-        self.train_loader = _loader(self.sets.train, t.batch_size, r_max, cfg.num_workers, self.sampler)
+        self.train_loader = structure_loader(self.sets.train, t.batch_size, r_max, cfg.num_workers, self.sampler)
         vbs = t.valid_batch_size or t.batch_size
-        self.valid_loader = _loader(self.sets.valid, vbs, r_max, cfg.num_workers)
-        self.test_loader = _loader(self.sets.test, vbs, r_max, cfg.num_workers) if self.sets.test else None
+        self.valid_loader = structure_loader(self.sets.valid, vbs, r_max, cfg.num_workers)
+        self.test_loader = structure_loader(self.sets.test, vbs, r_max, cfg.num_workers) if self.sets.test else None
         self.train_graphs = GraphSet.build(self.sets.train, r_max, self.device, log=self.log)
         self.valid_graphs = GraphSet.build(self.sets.valid, r_max, self.device, log=self.log)
         self.epoch, self.step, self.stage = 0, 0, 1
         self.best_loss, self.best_epoch, self.elapsed = math.inf, 0, 0.0
-        self.weights = LossWeights(t.energy_weight, t.forces_weight, t.stress_weight, t.huber_delta)
+        self.weights = self.schedule.loss_weights(self.stage)
         if ckpt is not None:
             self._load_state(ckpt)
         self.net = self.model  # what the eager step calls: wrapped by DistributedDataParallel when distributed
@@ -239,8 +187,7 @@ class Trainer:
         return {
             "config": config_to_dict(self.cfg), "stats": self.stats, "model": self.model.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "warmup": None if self.warmup is None else self.warmup.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            **self.schedule.state_dict(),  # "warmup", "scheduler"
             "rng": rng_state(), "epoch": self.epoch, "step": self.step, "stage": self.stage,
             "best_loss": self.best_loss, "best_epoch": self.best_epoch, "elapsed": self.elapsed,
         }
@@ -254,49 +201,18 @@ class Trainer:
             group["capturable"] = now.get("capturable", False)  # this run's step (a restart may change device)
             group["lr"] = float(group["lr"])  # a tensor in captured runs; TrainStep makes it one again
         self.optimizer.load_state_dict(saved)
-        for name in ("warmup", "scheduler"):
-            if getattr(self, name) is not None and s[name] is not None:
-                getattr(self, name).load_state_dict(s[name])
+        self.schedule.load_state_dict(s)
         set_rng_state(s["rng"])
         self.epoch, self.step, self.stage = s["epoch"], s["step"], s["stage"]
         self.best_loss, self.best_epoch, self.elapsed = s["best_loss"], s["best_epoch"], s["elapsed"]
-        if self.stage == 2:
-            self._set_stage_weights()
+        self.weights = self.schedule.loss_weights(self.stage)
         if self.main:  # drop metric rows of epochs after the checkpoint (a run killed between the two writes)
-            path = self.out / "metrics.csv"
-            if path.exists():
-                rows = list(csv.reader(open(path)))
-                keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= self.epoch]
-                with open(path, "w", newline="") as f:
-                    csv.writer(f).writerows(keep)
+            drop_metrics_after(self.out / "metrics.csv", self.epoch)
         self.log(f"restarted from '{self.ckpt_path}' after epoch {self.epoch} (step {self.step}, stage {self.stage})")
 
     def _need(self, label: str) -> bool:
         """Whether training uses `label` ("energy" | "forces" | "stress"): a weight in this stage and data."""
-        return getattr(self.weights, label) > 0 and _has(self.sets.train, label)
-
-    def _set_stage_weights(self) -> None:
-        s, t = self.cfg.training.stage_two, self.cfg.training
-        self.weights = LossWeights(s.energy_weight, s.forces_weight,
-                                   t.stress_weight if s.stress_weight is None else s.stress_weight, t.huber_delta)
-
-    def _stage_two_due(self) -> bool:
-        t = self.cfg.training
-        s = t.stage_two
-        if s is None or self.stage == 2:
-            return False
-        if s.start_epoch is not None:
-            return self.epoch >= s.start_epoch
-        # a fraction of max_epochs or of the time budget, whichever comes first
-        by_epoch = t.max_epochs is not None and self.epoch >= int(round(s.start_fraction * t.max_epochs))
-        by_time = t.time_budget_minutes is not None and self.elapsed >= s.start_fraction * t.time_budget_minutes * 60
-        return by_epoch or by_time
-
-    def _stop_due(self, last_epoch_s: float) -> bool:
-        t = self.cfg.training
-        if t.max_epochs is not None and self.epoch >= t.max_epochs:
-            return True
-        return t.time_budget_minutes is not None and self.elapsed + last_epoch_s > 60 * t.time_budget_minutes
+        return getattr(self.weights, label) > 0 and has_label(self.sets.train, label)
 
     def _nonfinite(self, what: str, value: float, batch) -> None:
         rows = batch.index.tolist()
@@ -327,8 +243,8 @@ class Trainer:
     def _train_epoch(self) -> dict:
         t = self.cfg.training
         w = self.weights
-        need_f = w.forces > 0 and _has(self.sets.train, "forces")
-        need_s = w.stress > 0 and _has(self.sets.train, "stress")
+        need_f = w.forces > 0 and has_label(self.sets.train, "forces")
+        need_s = w.stress > 0 and has_label(self.sets.train, "stress")
         seed = int(np.random.SeedSequence([self.cfg.seed, self.epoch]).generate_state(1, np.uint64)[0])
         self.generator.manual_seed(seed)
         if isinstance(self.sampler, torch.utils.data.DistributedSampler):
@@ -351,8 +267,7 @@ class Trainer:
                 checks.append((self.step, torch.isfinite(loss), torch.isfinite(norm), batch.index, loss.clone(),
                                norm.clone()))  # clones: a captured step's outputs are overwritten by the next
                 self.step += 1
-                if self.warmup is not None and self.step <= t.warmup_steps and self.stage == 1:
-                    self.warmup.step()
+                self.schedule.after_step(self.step, self.stage)
                 if len(checks) % 25 == 0:
                     bar.set_postfix(loss=f"{loss.item():.4g}")
                 continue
@@ -373,8 +288,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.step += 1
-            if self.warmup is not None and self.step <= t.warmup_steps and self.stage == 1:
-                self.warmup.step()
+            self.schedule.after_step(self.step, self.stage)
             metrics.update(batch, out, loss)
             bar.set_postfix(loss=f"{loss.item():.4g}")
         if checks:
@@ -415,10 +329,8 @@ class Trainer:
         self.log(f"energy offsets refit after epoch {self.epoch} (meV/atom): {shown}")
 
     def _validate(self) -> dict:
-        v = self.sets.valid
         batches = self.valid_graphs.batches(None, self.cfg.training.valid_batch_size or self.cfg.training.batch_size)
-        return evaluate_model(self.export_model, batches, self.device, self.dtype, self.weights,
-                              forces=_has(v, "forces"), stress=_has(v, "stress"))
+        return evaluate_set(self.export_model, batches, self.sets.valid, self.device, self.dtype, self.weights)
 
     def _keep_best(self, valid: dict) -> None:
         """Save the exported (EMA) model as model.pt when its validation loss is the best of this stage."""
@@ -438,13 +350,7 @@ class Trainer:
         row = {"epoch": self.epoch, "step": self.step, "stage": self.stage, "lr": lr, "time_s": round(seconds, 3)}
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"valid_{k}": v for k, v in (valid or {}).items()})
-        path = self.out / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
+        append_metrics(self.out / "metrics.csv", row)
         table = {"epoch": self.epoch, "lr": lr, "train_loss": train["loss"], "time": seconds}
         if valid is not None:
             table.update(valid, valid_loss=valid["loss"])
@@ -456,15 +362,11 @@ class Trainer:
         t = self.cfg.training
         self.log(format_header())
         last_epoch_s, validated = 0.0, True
-        while not self._stop_due(last_epoch_s):
-            if self._stage_two_due():
+        while not self.schedule.stop_due(self.epoch, self.elapsed, last_epoch_s):
+            if self.schedule.stage_two_due(self.stage, self.epoch, self.elapsed):
                 self.stage = 2
-                self._set_stage_weights()
-                for group in self.optimizer.param_groups:
-                    if isinstance(group["lr"], torch.Tensor):
-                        group["lr"].fill_(t.stage_two.lr)  # in place: captured steps read this tensor
-                    else:
-                        group["lr"] = t.stage_two.lr
+                self.weights = self.schedule.loss_weights(self.stage)
+                self.schedule.start_stage_two()
                 if self.train_step is not None:
                     self.train_step.set_weights(self.weights, self._need("forces"), self._need("stress"))
                 self.best_loss = math.inf  # losses of the two stages use different weights
@@ -476,12 +378,7 @@ class Trainer:
                 self._refit_energy_offsets()
             validated = self.epoch % t.eval_every == 0 or (t.max_epochs is not None and self.epoch >= t.max_epochs)
             valid = self._validate() if validated else None
-            if self.scheduler is not None and self.stage == 1:
-                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    if valid is not None:
-                        self.scheduler.step(valid["loss"])
-                else:
-                    self.scheduler.step()
+            self.schedule.after_epoch(self.stage, None if valid is None else valid["loss"])
             last_epoch_s = time.perf_counter() - start
             self.elapsed += last_epoch_s
             if self.world > 1:  # rank 0's clock decides time-budget stops and stage switches for everyone
@@ -501,22 +398,10 @@ class Trainer:
 
     def final_evaluation(self) -> dict:
         """Best model (model.pt) on the validation and test sets -> printed table and test_metrics.json."""
-        best = load_model(self.model_path, device=self.device)
-        result = {"best_epoch": self.best_epoch}
-        for name, loader, structures in (("valid", self.valid_loader, self.sets.valid),
-                                         ("test", self.test_loader, self.sets.test)):
-            if loader is not None:
-                result[name] = evaluate_model(best, loader, self.device, self.dtype, self.weights,
-                                              forces=_has(structures, "forces"), stress=_has(structures, "stress"))
-        self.log(f"best model (epoch {self.best_epoch}) saved to '{self.model_path}':")
-        for name in ("valid", "test"):
-            if name in result:
-                self.log(f"  {name:5s} " + ", ".join(f"{k} {v:.3f}" for k, v in result[name].items()
-                                                     if v is not None and k != "loss")
-                         + "  (meV/atom, meV, meV/Å, meV/Å^3)")
-        with open(self.out / "test_metrics.json", "w") as f:
-            json.dump(result, f, indent=2)
-        return result
+        sets = {"valid": (self.valid_loader, self.sets.valid),
+                "test": None if self.test_loader is None else (self.test_loader, self.sets.test)}
+        return final_evaluation(self.model_path, self.best_epoch, sets, self.device, self.dtype, self.weights,
+                                self.out, self.log)
 
 
 def run(cfg: TrainConfig, restart: bool = False, overwrite: bool = False) -> dict:
