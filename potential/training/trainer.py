@@ -146,7 +146,7 @@ class Trainer:
             self.sampler = torch.utils.data.RandomSampler(self.sets.train, generator=self.generator)
         r_max = model_config.r_max
         self.train_loader = structure_loader(self.sets.train, t.batch_size, r_max, cfg.num_workers, self.sampler)
-        vbs = t.valid_batch_size or t.batch_size
+        self.valid_batch_size = vbs = t.valid_batch_size or t.batch_size  # evaluation passes
         self.valid_loader = structure_loader(self.sets.valid, vbs, r_max, cfg.num_workers)
         self.test_loader = structure_loader(self.sets.test, vbs, r_max, cfg.num_workers) if self.sets.test else None
         self.train_graphs = GraphSet.build(self.sets.train, r_max, self.device, log=self.log)
@@ -315,11 +315,11 @@ class Trainer:
         """Least-squares per-element energy offsets for the current weights (potential/training/energy_offsets.py),
         added to the trained model's species_shift and to the EMA copy's, each from its own residuals; rank 0's
         values on every rank. In place, so captured steps see them."""
-        size = self.cfg.training.valid_batch_size or self.cfg.training.batch_size
+        size = max(self.valid_batch_size, 32)  # structures per forward pass
         models = [self.model] + ([] if self.ema is None else [self.ema.module])
         deltas = []
         for model in models:
-            delta = species_shift_correction(model, self.train_graphs.batches(None, max(size, 32))).to(self.device)
+            delta = species_shift_correction(model, self.train_graphs.batches(None, size)).to(self.device)
             if self.world > 1:
                 dist.broadcast(delta, 0)
             apply_species_shift(delta, model)
@@ -329,7 +329,7 @@ class Trainer:
         self.log(f"energy offsets refit after epoch {self.epoch} (meV/atom): {shown}")
 
     def _validate(self) -> dict:
-        batches = self.valid_graphs.batches(None, self.cfg.training.valid_batch_size or self.cfg.training.batch_size)
+        batches = self.valid_graphs.batches(None, self.valid_batch_size)
         return evaluate_set(self.export_model, batches, self.sets.valid, self.device, self.dtype, self.weights)
 
     def _keep_best(self, valid: dict) -> None:
