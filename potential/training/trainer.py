@@ -338,7 +338,7 @@ class Trainer:
             self.best_loss, self.best_epoch = valid["loss"], self.epoch
             if self.main:
                 save_model(self.export_model, self.model_path,
-                                     extra={"epoch": self.epoch, "stage": self.stage, "valid": valid})
+                           extra={"epoch": self.epoch, "stage": self.stage, "valid": valid})
 
     def _end_of_epoch(self, train: dict, valid: dict | None, seconds: float) -> None:
         """Keep the best model, append to metrics.csv, print the table row, write checkpoint.pt."""
