@@ -1,7 +1,7 @@
 """tumbler.data: structures on disk and in batches.
 
-Public API (see CONTRACT.md): Structure, open_dataset, write_dataset, read_structures,
-neighbor_list, VerletList, Batch, collate; modules schema, stats, synthetic, convert.
+Public API: Structure, open_dataset, write_dataset, read_structures,
+neighbor_list, VerletList, Batch, collate, pack_atoms; modules schema, stats, synthetic, convert.
 The data layer never imports the model (potential/) or the kernels (kernels/).
 
 Names are resolved on first use (PEP 562), so `python -m data.convert` does not
@@ -13,6 +13,7 @@ import importlib
 _EXPORTS = {
     "Batch": "batch",
     "collate": "batch",
+    "pack_atoms": "batch",
     "read_structures": "convert",
     "Dataset": "hdf5",
     "open_dataset": "hdf5",
