@@ -145,7 +145,6 @@ class Trainer:
         else:
             self.sampler = torch.utils.data.RandomSampler(self.sets.train, generator=self.generator)
         r_max = model_config.r_max
-        self.train_loader = structure_loader(self.sets.train, t.batch_size, r_max, cfg.num_workers, self.sampler)
         self.valid_batch_size = vbs = t.valid_batch_size or t.batch_size  # evaluation passes
         self.valid_loader = structure_loader(self.sets.valid, vbs, r_max, cfg.num_workers)
         self.test_loader = structure_loader(self.sets.test, vbs, r_max, cfg.num_workers) if self.sets.test else None
@@ -167,7 +166,7 @@ class Trainer:
             dump_config(cfg, self.out / "config.yaml")
         n_params = sum(p.numel() for p in params)
         self.log(f"model: {n_params} parameters, {cfg.dtype}, on {self.device}; "
-                 f"{len(self.train_loader)} steps per epoch" + (f", {self.world} processes" if self.world > 1 else ""))
+                 f"{-(-len(self.sampler) // t.batch_size)} steps per epoch" + (f", {self.world} processes" if self.world > 1 else ""))
 
     # ------------------------------------------------------------------------------------------- helpers
 
