@@ -5,9 +5,9 @@
 
 No GPU needed: compiling is host work. The script builds the config's model, runs one force-training step and
 one evaluation pass (what the trainer's precompile pass runs) on a small batch on the CPU under Triton's
-interpreter with every fused-kernel launch only recorded (kernels/triton/launch.py), adds the spherical-harmonics
-kernels, and compiles each distinct kernel for a CUDA target (sm_90 by default: H100/H200) through
-`triton.compile`, one after another in this process, with fresh caches. It reports, per kernel, the seconds of
+interpreter with every fused-kernel launch only recorded (kernels/triton/launch.py), and compiles each distinct
+kernel for a CUDA target (sm_90 by default: H100/H200) through `triton.compile`, one after another in one worker
+process, with fresh caches. It reports, per kernel, the seconds of
 CPU time (this process and its ptxas children) and of wall time; their sum, which is what a first step pays when
 each kernel compiles at its first launch; and the longest, the floor of the trainer's precompile, which compiles
 them in parallel worker processes (one per CPU) and so cannot finish before its longest kernel.
@@ -74,7 +74,7 @@ def _model_and_batch(config: str, overrides: list[str], elements: list[str]):
 
 def recorded_launches(model, batch) -> list:
     """The fused-kernel launches (kernel, grid, args, meta) of one force-training step and one evaluation pass,
-    recorded, not run (the spherical harmonics and species plans run under the interpreter)."""
+    recorded, not run (the species plans run under the interpreter)."""
     import torch
 
     from kernels.triton.launch import recording
@@ -87,19 +87,6 @@ def recorded_launches(model, batch) -> list:
         torch.autograd.grad(loss, params, allow_unused=True)
         model(batch, forces=True, stress=False, training=False)
     return launches
-
-
-def sh_launches(lmax: int, dtype) -> list:
-    """The spherical-harmonics forward and backward kernels, as sh.py launches them (outside `launch`)."""
-    import torch
-
-    from kernels.triton import sh
-
-    v = torch.zeros(64, 3, dtype=dtype)
-    K = (lmax + 1) ** 2
-    meta = dict(BLOCK=sh.BLOCK, KP=4 if K <= 4 else sh.next_pow2(K), num_warps=4)
-    out, g = torch.zeros(64, K, dtype=dtype), torch.zeros(64, K, dtype=dtype)
-    return [(sh.fwd_kernel(lmax), None, (v, out, out, 64), meta), (sh.bwd_kernel(lmax), None, (v, g, v, 64), meta)]
 
 
 def compile_job(kernel, args: tuple, meta: dict) -> dict:
@@ -197,7 +184,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(1)
     model, batch, cfg = _model_and_batch(a.config, a.overrides, a.elements.split(","))
-    launches = recorded_launches(model, batch) + sh_launches(model.config.lmax_sh, getattr(torch, cfg.dtype))
+    launches = recorded_launches(model, batch)
     rows = compile_all(launches, a.capability)
     m = model.config
     result = dict(config=a.config, overrides=a.overrides, target=f"cuda sm_{a.capability}", dtype=cfg.dtype,

@@ -13,7 +13,7 @@ launch compiles the same source for the same target and options, so it finds the
   compile_ahead(launches, workers)      compiles recorded launches into Triton's cache, in worker processes
   precompile(fn)                        runs fn() with its launches recorded, then compiles them ahead.
                                         fn's results are meaningless (its kernels write nothing); launches made
-                                        outside `launch` (species plans, spherical harmonics) run for real, so
+                                        outside `launch` (the species plans) run for real, so
                                         index data that later code reads is real.
 
 What a launch compiles is Triton's to decide: the specialisation of each argument (alignment, integer ranges), the

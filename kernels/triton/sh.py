@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 
 from .codegen import cdiv, lit, load_source, next_pow2
+from .launch import launch
 
 Poly = dict  # {(a, b, c): coeff} for ux^a uy^b uz^c
 
@@ -175,7 +176,7 @@ def _launch(kern, v, a, b, lmax):
         return
     K = (lmax + 1) ** 2
     kp = 4 if K <= 4 else next_pow2(K)
-    kern[(cdiv(E, BLOCK),)](v, a, b, E, BLOCK=BLOCK, KP=kp, num_warps=4)
+    launch(kern, (cdiv(E, BLOCK),), v, a, b, E, BLOCK=BLOCK, KP=kp, num_warps=4)
 
 
 def sh_forward(vectors: torch.Tensor, lmax: int) -> torch.Tensor:
@@ -289,8 +290,8 @@ def sh_pullback(vectors: torch.Tensor, grad_sh: torch.Tensor, ggv: torch.Tensor,
     dg = torch.empty(E, K, dtype=v.dtype, device=v.device)
     if lmax == 0 or E == 0:
         return dv.zero_(), dg.zero_()
-    pullback_kernel(lmax)[(cdiv(E, PULLBACK_BLOCK),)](v, g, w, dv, dg, E, BLOCK=PULLBACK_BLOCK,
-                                                   KP=max(4, next_pow2(K)), num_warps=4)
+    launch(pullback_kernel(lmax), (cdiv(E, PULLBACK_BLOCK),), v, g, w, dv, dg, E, BLOCK=PULLBACK_BLOCK,
+           KP=max(4, next_pow2(K)), num_warps=4)
     return dv, dg
 
 
