@@ -180,14 +180,31 @@ class LAMMPSPotential:
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # LAMMPS reads our tensors next, possibly on another stream
 
-        if on_gpu:  # Kokkos: LAMMPS takes the device pointer of fij, and eatoms is a device view to fill
-            data.update_pair_forces(fij)
-            torch.as_tensor(data.eatoms, device=device).copy_(owned_energy)
-        else:  # the plain build: numpy in, numpy out (the model itself may run on a GPU)
-            if npairs:  # (an empty array has no first element to point LAMMPS at)
-                data.update_pair_forces(fij.cpu().numpy())
+        if npairs:  # (an empty array has no first element to point LAMMPS at)
+            # a GPU Kokkos build takes the device pointer of a tensor; the others a float64 numpy array
+            data.update_pair_forces(fij if on_gpu else fij.cpu().numpy())
+        if is_kokkos(data):  # eatoms is a read-only view of LAMMPS's array: fill it in place
+            lammps_view(data.eatoms, device).copy_(owned_energy)
+        else:  # the plain build: eatoms is write-only, and copies what it is given
             data.eatoms = owned_energy.cpu().numpy()
         data.energy = float(energy.detach())
+
+
+KOKKOS_MODULE = "mliap_unified_couple_kokkos"  # LAMMPS's Cython module of mliap/kk (lammps.mliap.loader)
+
+
+def is_kokkos(data) -> bool:
+    """Whether ``data`` is the Kokkos build's data object (lammps/src/KOKKOS/mliap_unified_couple_kokkos.pyx,
+    4Feb2025): its arrays are views of LAMMPS's (numpy with a host backend, cupy on a GPU) and ``eatoms`` has
+    a getter only, where the plain build's (ML-IAP/mliap_unified_couple.pyx) has a setter only."""
+    return type(data).__module__ == KOKKOS_MODULE
+
+
+def lammps_view(array, device: torch.device) -> torch.Tensor:
+    """A tensor sharing the memory of one of LAMMPS's arrays: a cupy array on a GPU, a numpy one on the host."""
+    if hasattr(array, "__cuda_array_interface__"):
+        return torch.as_tensor(array, device=device)
+    return torch.from_numpy(array)
 
 
 def needed_edges(senders: torch.Tensor, receivers: torch.Tensor, owned: torch.Tensor, num_nodes: int,
