@@ -31,11 +31,18 @@ know stops the run with a Python error that names it (LAMMPS's own check would s
 pair coefficients"). Requires ``newton on`` and real element names (no NULL types).
 
 Device: CUDA when torch sees a GPU (our fused Triton kernels through the "auto" backend), else the CPU and the
-reference ops; override with TUMBLER_LAMMPS_DEVICE=cpu|cuda|cuda:N. On a Kokkos build the arrays LAMMPS hands over
-already live on the GPU (cupy views, shared with torch without a copy); Kokkos and torch may use different CUDA
-streams, so we synchronise before reading LAMMPS's arrays and before handing ours back. The same ghostneigh
-algorithm serves the Kokkos build of LAMMPS 4Feb2025 (whose data object has no forward_exchange); that path is
-written from the 4Feb2025 sources and is untested on a GPU.
+reference ops; override with TUMBLER_LAMMPS_DEVICE=cpu|cuda|cuda:N.
+
+Kokkos (``-k on ... -sf kk``: ``pair_style mliap/kk``, the same file and lines): the same ghostneigh algorithm
+(4Feb2025's mliap/kk takes ghostneigh and builds full ghost lists: pair_mliap_kokkos.cpp:192-198,
+pair_mliap.cpp:346, npair_kokkos.h:26-29, mliap_data_kokkos.cpp:205; its data object has no
+forward_exchange, which we do not need). Its data object (KOKKOS/mliap_unified_couple_kokkos.pyx) hands out
+views of LAMMPS's arrays: numpy with a host backend (Serial, OpenMP), cupy on a GPU, shared with torch without
+a copy; its ``eatoms`` has no setter, so we fill that view in place (``is_kokkos``). On a GPU, Kokkos and torch
+may use different CUDA streams, so we synchronise before reading LAMMPS's arrays and before handing ours back.
+Tested: the host data object's contract in-process (tests/lammps/test_data_objects.py); a real host-Kokkos
+LAMMPS run in tests/lammps when tools/build_lammps.sh has built one (it needs Kokkos 4.5.01's source, which
+Debian's LAMMPS source leaves out); not yet run on a GPU.
 
 The exported file is a pickle of a ``LAMMPSPotential`` that holds the model's config and weights only (the model
 is rebuilt on first use), so unpickling needs tumbler importable in LAMMPS's Python. LAMMPS 4Feb2025 reads a name ending in .pt/.pth with a bare ``torch.load``, which
