@@ -184,16 +184,18 @@ class LAMMPSPotential:
         fij = torch.zeros_like(rij) if grad is None else grad  # 0 for the pairs left out
         fij = fij.detach().to(torch.float64).contiguous()
         owned_energy = owned_energy.detach()
+        if is_kokkos(data):  # eatoms is a getter-only view of LAMMPS's array: fill it in place
+            eatoms = lammps_view(data.eatoms)  # [n] eV
+            eatoms.copy_(owned_energy)
+            if eatoms.is_cuda:
+                torch.cuda.synchronize(eatoms.device)  # Kokkos reads it next, possibly on another stream
+        else:  # the plain build: eatoms is write-only, and copies what it is given
+            data.eatoms = owned_energy.cpu().numpy()
         if device.type == "cuda":
-            torch.cuda.synchronize(device)  # LAMMPS reads our tensors next, possibly on another stream
-
+            torch.cuda.synchronize(device)  # LAMMPS reads fij next, possibly on another stream
         if npairs:  # (an empty array has no first element to point LAMMPS at)
             # a GPU Kokkos build takes the device pointer of a tensor; the others a float64 numpy array
             data.update_pair_forces(fij if on_gpu else fij.cpu().numpy())
-        if is_kokkos(data):  # eatoms is a read-only view of LAMMPS's array: fill it in place
-            lammps_view(data.eatoms, device).copy_(owned_energy)
-        else:  # the plain build: eatoms is write-only, and copies what it is given
-            data.eatoms = owned_energy.cpu().numpy()
         data.energy = float(energy.detach())
 
 
@@ -207,10 +209,11 @@ def is_kokkos(data) -> bool:
     return type(data).__module__ == KOKKOS_MODULE
 
 
-def lammps_view(array, device: torch.device) -> torch.Tensor:
-    """A tensor sharing the memory of one of LAMMPS's arrays: a cupy array on a GPU, a numpy one on the host."""
+def lammps_view(array) -> torch.Tensor:
+    """A tensor sharing the memory of one of LAMMPS's arrays, where it lies: a cupy array on its GPU, a numpy
+    one on the host (never a copy: LAMMPS reads that memory afterwards)."""
     if hasattr(array, "__cuda_array_interface__"):
-        return torch.as_tensor(array, device=device)
+        return torch.as_tensor(array)  # on the array's own device, whatever device the model ran on
     return torch.from_numpy(array)
 
 

@@ -27,7 +27,6 @@ DRIVER = Path(__file__).with_name("driver.py")
 ROOT = Path(__file__).resolve().parents[2]  # the repository: our `potential` must shadow any installed one
 
 
-BUILDS = ("plain", "kokkos")
 KOKKOS_ARGS = ["-k", "on", "t", "1", "-sf", "kk", "-pk", "kokkos", "newton", "on", "neigh", "half"]
 
 
@@ -48,7 +47,7 @@ def environment(build: str = "plain") -> dict:
     libs = [str(prefix(build) / "lib"), str(prefix(build) / "lib64"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")])
     paths = [str(ROOT)] + ([str(prefix(build) / "python")] if build == "kokkos" else [])
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths + [env.get("PYTHONPATH", "")] if p)  # ("": the cwd)
     env.update(OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_rmaps_base_oversubscribe="1",
                TUMBLER_LAMMPS_DEVICE="cpu")
