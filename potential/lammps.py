@@ -31,11 +31,18 @@ know stops the run with a Python error that names it (LAMMPS's own check would s
 pair coefficients"). Requires ``newton on`` and real element names (no NULL types).
 
 Device: CUDA when torch sees a GPU (our fused Triton kernels through the "auto" backend), else the CPU and the
-reference ops; override with TUMBLER_LAMMPS_DEVICE=cpu|cuda|cuda:N. On a Kokkos build the arrays LAMMPS hands over
-already live on the GPU (cupy views, shared with torch without a copy); Kokkos and torch may use different CUDA
-streams, so we synchronise before reading LAMMPS's arrays and before handing ours back. The same ghostneigh
-algorithm serves the Kokkos build of LAMMPS 4Feb2025 (whose data object has no forward_exchange); that path is
-written from the 4Feb2025 sources and is untested on a GPU.
+reference ops; override with TUMBLER_LAMMPS_DEVICE=cpu|cuda|cuda:N.
+
+Kokkos (``-k on ... -sf kk``: ``pair_style mliap/kk``, the same file and lines): the same ghostneigh algorithm
+(4Feb2025's mliap/kk takes ghostneigh and builds full ghost lists: pair_mliap_kokkos.cpp:192-198,
+pair_mliap.cpp:346, npair_kokkos.h:26-29, mliap_data_kokkos.cpp:205; its data object has no
+forward_exchange, which we do not need). Its data object (KOKKOS/mliap_unified_couple_kokkos.pyx) hands out
+views of LAMMPS's arrays: numpy with a host backend (Serial, OpenMP), cupy on a GPU, shared with torch without
+a copy; its ``eatoms`` has no setter, so we fill that view in place (``is_kokkos``). On a GPU, Kokkos and torch
+may use different CUDA streams, so we synchronise before reading LAMMPS's arrays and before handing ours back.
+Tested: the host data object's contract in-process (tests/lammps/test_data_objects.py); a real host-Kokkos
+LAMMPS run in tests/lammps when tools/build_lammps.sh has built one (it needs Kokkos 4.5.01's source, which
+Debian's LAMMPS source leaves out); not yet run on a GPU.
 
 The exported file is a pickle of a ``LAMMPSPotential`` that holds the model's config and weights only (the model
 is rebuilt on first use), so unpickling needs tumbler importable in LAMMPS's Python. LAMMPS 4Feb2025 reads a name ending in .pt/.pth with a bare ``torch.load``, which
@@ -177,17 +184,37 @@ class LAMMPSPotential:
         fij = torch.zeros_like(rij) if grad is None else grad  # 0 for the pairs left out
         fij = fij.detach().to(torch.float64).contiguous()
         owned_energy = owned_energy.detach()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # LAMMPS reads our tensors next, possibly on another stream
-
-        if on_gpu:  # Kokkos: LAMMPS takes the device pointer of fij, and eatoms is a device view to fill
-            data.update_pair_forces(fij)
-            torch.as_tensor(data.eatoms, device=device).copy_(owned_energy)
-        else:  # the plain build: numpy in, numpy out (the model itself may run on a GPU)
-            if npairs:  # (an empty array has no first element to point LAMMPS at)
-                data.update_pair_forces(fij.cpu().numpy())
+        if is_kokkos(data):  # eatoms is a getter-only view of LAMMPS's array: fill it in place
+            eatoms = lammps_view(data.eatoms)  # [n] eV
+            eatoms.copy_(owned_energy)
+            if eatoms.is_cuda:
+                torch.cuda.synchronize(eatoms.device)  # Kokkos reads it next, possibly on another stream
+        else:  # the plain build: eatoms is write-only, and copies what it is given
             data.eatoms = owned_energy.cpu().numpy()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # LAMMPS reads fij next, possibly on another stream
+        if npairs:  # (an empty array has no first element to point LAMMPS at)
+            # a GPU Kokkos build takes the device pointer of a tensor; the others a float64 numpy array
+            data.update_pair_forces(fij if on_gpu else fij.cpu().numpy())
         data.energy = float(energy.detach())
+
+
+KOKKOS_MODULE = "mliap_unified_couple_kokkos"  # LAMMPS's Cython module of mliap/kk (lammps.mliap.loader)
+
+
+def is_kokkos(data) -> bool:
+    """Whether ``data`` is the Kokkos build's data object (lammps/src/KOKKOS/mliap_unified_couple_kokkos.pyx,
+    4Feb2025): its arrays are views of LAMMPS's (numpy with a host backend, cupy on a GPU) and ``eatoms`` has
+    a getter only, where the plain build's (ML-IAP/mliap_unified_couple.pyx) has a setter only."""
+    return type(data).__module__ == KOKKOS_MODULE
+
+
+def lammps_view(array) -> torch.Tensor:
+    """A tensor sharing the memory of one of LAMMPS's arrays, where it lies: a cupy array on its GPU, a numpy
+    one on the host (never a copy: LAMMPS reads that memory afterwards)."""
+    if hasattr(array, "__cuda_array_interface__"):
+        return torch.as_tensor(array)  # on the array's own device, whatever device the model ran on
+    return torch.from_numpy(array)
 
 
 def needed_edges(senders: torch.Tensor, receivers: torch.Tensor, owned: torch.Tensor, num_nodes: int,

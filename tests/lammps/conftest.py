@@ -21,12 +21,13 @@ def _helpers():
     return load_module("tumbler_tests_lammps_lmp", Path(__file__).with_name("lmp.py"))
 
 
-@pytest.fixture(scope="session")
-def lmp():
-    """lmp.py, after checking that the LAMMPS build loads (else the test skips, saying how to build it)."""
+@pytest.fixture(scope="session", params=["plain", "kokkos"])
+def lmp(request):
+    """Each LAMMPS build in turn (lmp.Build: its ``run``), after checking that it loads (else the test skips,
+    saying how to build it): every LAMMPS test runs on the plain build and on the host-Kokkos one."""
     helpers = _helpers()
-    helpers.require_lammps()
-    return helpers
+    helpers.require_lammps(request.param)
+    return helpers.Build(request.param)
 
 
 def make_model(num_interactions: int) -> Potential:

