@@ -40,9 +40,9 @@ forward_exchange, which we do not need). Its data object (KOKKOS/mliap_unified_c
 views of LAMMPS's arrays: numpy with a host backend (Serial, OpenMP), cupy on a GPU, shared with torch without
 a copy; its ``eatoms`` has no setter, so we fill that view in place (``is_kokkos``). On a GPU, Kokkos and torch
 may use different CUDA streams, so we synchronise before reading LAMMPS's arrays and before handing ours back.
-Tested: the host data object's contract in-process (tests/lammps/test_data_objects.py); a real host-Kokkos
-LAMMPS run in tests/lammps when tools/build_lammps.sh has built one (it needs Kokkos 4.5.01's source, which
-Debian's LAMMPS source leaves out); not yet run on a GPU.
+Tested: tests/lammps run on a host-Kokkos LAMMPS when tools/build_lammps.sh has built one (it needs Kokkos
+4.5.01's source, which Debian's LAMMPS source leaves out). No Kokkos build has run yet, so this branch is written
+from the 4Feb2025 sources and untested, on the host and on a GPU.
 
 The exported file is a pickle of a ``LAMMPSPotential`` that holds the model's config and weights only (the model
 is rebuilt on first use), so unpickling needs tumbler importable in LAMMPS's Python. LAMMPS 4Feb2025 reads a name ending in .pt/.pth with a bare ``torch.load``, which
