@@ -296,17 +296,19 @@ def train_summary(folders: list, test: Path | None = None, exclude: Path | None 
 
 
 def summary_table(rows: list) -> str:
-    out = [f"{'run':<16} {'product':<7} {'params':>7} {'epochs':>6} {'str/CPU-s':>9} {'str/wall-s':>10} "
-           f"{'valid E meV/at':>14} {'E meV':>7} {'F meV/A':>8}" + (f" {'test E meV/at':>13} {'E meV':>7} {'F meV/A':>8}"
-                                                                   if any("test" in r for r in rows) else "")]
+    """The rows of train_summary as a text table (E in meV/atom and meV, F in meV/Å)."""
+    errors = f"{'E meV/at':>9} {'E meV':>7} {'F meV/A':>8}"
+    tested = any("test" in r for r in rows)
+    out = [f"{'run':<16} {'product':<7} {'params':>7} {'epochs':>6} {'str/CPU-s':>9} {'str/wall-s':>10}  valid "
+           + errors + ("  test " + errors if tested else "")]
     for r in rows:
         per_cpu = "-" if r["structures_per_cpu_s"] is None else f"{r['structures_per_cpu_s']:.2f}"
-        v = r["valid"]
         line = (f"{r['run']:<16} {r['product']:<7} {r['params']:>7} {r['epochs']:>6} {per_cpu:>9} "
-                f"{r['structures_per_wall_s']:>10.2f} {v['e_atom_rmse']:>14.3f} {v['e_rmse']:>7.2f} {v['f_rmse']:>8.2f}")
-        if "test" in r:
-            t = r["test"]
-            line += f" {t['e_atom_rmse']:>13.3f} {t['e_rmse']:>7.2f} {t['f_rmse']:>8.2f}"
+                f"{r['structures_per_wall_s']:>10.2f}")
+        for part in ("valid", "test") if tested else ("valid",):
+            e = r.get(part)
+            line += f"  {part} " + ("-" if e is None else
+                                    f"{e['e_atom_rmse']:>9.3f} {e['e_rmse']:>7.2f} {e['f_rmse']:>8.2f}")
         out.append(line)
     return "\n".join(out)
 

@@ -17,7 +17,7 @@ gaunt_bench = load_module("bench_gaunt", ROOT / "bench" / "gaunt.py")
 
 @pytest.fixture(scope="module")
 def runs(cu_h5, tmp_path_factory):
-    """A cg and a gaunt run (correlation 3 and a hidden layer, so that the product bases differ), with the same seed and data."""
+    """A cg and a gaunt run, same seed and data (correlation 3 and a hidden layer: the product bases differ)."""
     from potential.training.config import parse_config
 
     base = tmp_path_factory.mktemp("runs")
