@@ -260,7 +260,8 @@ def _test_errors(model, path: Path, exclude: Path | None) -> dict:
     n = np.array([len(s.numbers) for s in structures])
     df = np.concatenate([(r["forces"] - s.forces).ravel() for r, s in zip(results, structures)])  # eV/Å
     rms = lambda x: float(1000 * np.sqrt(np.mean(x * x)))  # noqa: E731  eV -> meV
-    return dict(structures=len(structures), left_out=len(data.open_dataset(path)) - len(structures),
+    return dict(file=str(path), exclude=None if exclude is None else str(exclude), structures=len(structures),
+                left_out=len(data.open_dataset(path)) - len(structures),
                 e_atom_rmse=rms(de / n), e_rmse=rms(de), f_rmse=rms(df))
 
 
@@ -285,7 +286,10 @@ def train_summary(folders: list, test: Path | None = None, exclude: Path | None 
         cpu = _cpu_seconds(folder)
         row = dict(run=folder.name, product=model.config.tensor_product,
                    params=sum(p.numel() for p in model.parameters()), epochs=len(epochs), seed=config["seed"],
-                   dtype=config["dtype"], structures_trained=seen, cpu_seconds=cpu,
+                   dtype=config["dtype"], train=config["data"]["train"], batch_size=config["training"]["batch_size"],
+                   model={k: config["model"][k] for k in ("channels", "lmax", "lmax_sh", "correlation",
+                                                          "num_interactions")},
+                   structures_trained=seen, cpu_seconds=cpu,
                    structures_per_cpu_s=None if cpu is None else seen / cpu,
                    structures_per_wall_s=seen / sum(float(r["time_s"]) for r in epochs),
                    valid={k: metrics[k] for k in ("e_atom_rmse", "e_rmse", "f_rmse")})
@@ -328,16 +332,17 @@ def train_summary_main(argv) -> None:
     parser.add_argument("folders", nargs="+", help="train.py output folders")
     parser.add_argument("--test", type=Path, help="HDF5 file to evaluate every best model on")
     parser.add_argument("--test-exclude", type=Path, help="leave out test structures whose positions are in here")
-    parser.add_argument("--json", type=Path, help="write the rows here (atomically)")
+    parser.add_argument("--json", type=Path, help="write the rows here (atomically), keeping other runs' rows")
     args = parser.parse_args(argv)
     rows = train_summary(args.folders, args.test, args.test_exclude)
-    if args.json is not None:
+    if args.json is not None:  # rows of other runs already in the file stay (one file for several invocations)
+        new = {r["run"] for r in rows}
+        kept = [r for r in json.loads(args.json.read_text())["rows"] if r["run"] not in new] \
+            if args.json.is_file() else []
         write_json({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "test": None if args.test is None else str(args.test),
-                    "test_exclude": None if args.test_exclude is None else str(args.test_exclude),
                     "units": {"e_atom_rmse": "meV/atom", "e_rmse": "meV", "f_rmse": "meV/Å (force components)"},
-                    "rows": rows}, args.json)
+                    "rows": kept + rows}, args.json)
     print(summary_table(rows))
 
 

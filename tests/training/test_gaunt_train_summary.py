@@ -60,3 +60,13 @@ def test_test_exclude_leaves_out_seen_structures(runs, cu_h5, tmp_path):
     assert (row["test"]["structures"], row["test"]["left_out"]) == (19, 5)
     with pytest.raises(SystemExit, match="no test structure is left"):
         gaunt_bench.train_summary(runs[:1], test=Path(cu_h5), exclude=Path(cu_h5))
+
+
+def test_json_keeps_the_rows_of_earlier_invocations(runs, tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    gaunt_bench.train_summary_main([str(runs[0]), "--json", str(out)])
+    gaunt_bench.train_summary_main([str(runs[1]), "--json", str(out)])
+    gaunt_bench.train_summary_main([str(runs[1]), "--json", str(out)])  # a rerun replaces its row
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["run"], r["product"]) for r in rows] == [("tiny-cg", "cg"), ("tiny-gaunt", "gaunt")]
+    assert rows[0]["model"]["correlation"] == 3 and "tiny-gaunt" in capsys.readouterr().out
