@@ -2,7 +2,8 @@
 and the price in expressivity (issue #26).
 
     TUMBLER_AUTOTUNE=0 python bench/gaunt.py [--quick] [--no-grid] [--price-only]
-    python bench/gaunt.py --train-summary runs/acac-cg runs/acac-gaunt ...   (table of finished train.py runs)
+    python bench/gaunt.py --train-summary runs/acac-cg runs/acac-gaunt ... [--test F.h5 [--test-exclude T.h5]]
+        [--json OUT.json]   (table of finished train.py runs: errors, parameters, structures per CPU-second)
 
 Timed (float32, CUDA events, median of synced calls; peak memory), each pass as bench/kernels.py defines it:
   conv (gather + TP + scatter), ConvSpec(lmax_in, 3, 3), at the kernel table's sizes:
@@ -225,34 +226,129 @@ def table(rows: list, cost: dict) -> str:
     return "\n".join(out)
 
 
-def train_summary(folders: list) -> str:
-    """One line per train.py output folder: product, parameters, epochs, training structures per second (optimizer
-    steps * batch_size over the epochs' seconds, validation included, from metrics.csv and config.yaml) and the best
-    model's validation RMSEs (test_metrics.json)."""
+def _cpu_seconds(folder: Path):
+    """user + sys CPU seconds of the train.py process, from <folder>/cpu_time.txt, which GNU time writes:
+    /usr/bin/time -f "%U %S %e" -o <folder>/cpu_time.txt python train.py ... (user, sys, wall seconds; they
+    include the children it waited for, so DataLoader workers count too). None when the file is absent."""
+    path = folder / "cpu_time.txt"
+    if not path.is_file():
+        return None
+    try:
+        user, system, _wall = map(float, path.read_text().split()[-3:])
+    except ValueError:
+        raise SystemExit(f"bench/gaunt.py: {path}: expected 'user sys wall' seconds (GNU time -f \"%U %S %e\")")
+    return user + system
+
+
+def _test_errors(model, path: Path, exclude: Path | None) -> dict:
+    """E (meV/atom, meV) and F (meV/Å, over force components) RMSE of `model` on the HDF5 file `path`, as the
+    trainer's metrics define them, leaving out the structures whose positions equal one in `exclude`."""
+    import data
+    from potential.evaluate import evaluate
+
+    seen = set()
+    if exclude is not None:
+        seen = {np.round(s.positions, 6).tobytes() for s in data.open_dataset(exclude)}
+    structures = [s for s in data.open_dataset(path) if np.round(s.positions, 6).tobytes() not in seen]
+    if not structures:
+        raise SystemExit(f"bench/gaunt.py: {path}: no test structure is left after leaving out those of {exclude}")
+    unlabelled = [s.index for s in structures if s.energy is None or s.forces is None]
+    if unlabelled:
+        raise SystemExit(f"bench/gaunt.py: {path}: structures {unlabelled[:5]} lack an energy or forces")
+    results = evaluate(structures, model)
+    de = np.array([r["energy"] - s.energy for r, s in zip(results, structures)])                  # eV
+    n = np.array([len(s.numbers) for s in structures])
+    df = np.concatenate([(r["forces"] - s.forces).ravel() for r, s in zip(results, structures)])  # eV/Å
+    rms = lambda x: float(1000 * np.sqrt(np.mean(x * x)))  # noqa: E731  eV -> meV
+    return dict(file=str(path), exclude=None if exclude is None else str(exclude), structures=len(structures),
+                left_out=len(data.open_dataset(path)) - len(structures),
+                e_atom_rmse=rms(de / n), e_rmse=rms(de), f_rmse=rms(df))
+
+
+def train_summary(folders: list, test: Path | None = None, exclude: Path | None = None) -> list:
+    """One row per train.py output folder: product, parameters, epochs, training structures (optimizer steps *
+    batch_size), structures per CPU-second (over the process's user + sys seconds, _cpu_seconds) and per wall
+    second (over the epochs' seconds in metrics.csv, validation included), the best model's validation errors
+    (test_metrics.json) and, with `test`, its errors on that file (_test_errors)."""
     import csv
 
     import yaml
 
     from potential import load_model
-    out = [f"{'run':<22} {'product':<7} {'params':>9} {'epochs':>6} {'struct/s':>9} {'E rmse meV':>10} "
-           f"{'F rmse meV/A':>12}"]
+    rows = []
     for folder in map(Path, folders):
         metrics = json.loads((folder / "test_metrics.json").read_text())["valid"]
         with open(folder / "metrics.csv") as f:
             epochs = list(csv.DictReader(f))
+        config = yaml.safe_load((folder / "config.yaml").read_text())
         model = load_model(folder / "model.pt")
-        batch = yaml.safe_load((folder / "config.yaml").read_text())["training"]["batch_size"]
-        seconds = sum(float(r["time_s"]) for r in epochs)
-        per_s = f"{int(epochs[-1]['step']) * batch / seconds:9.1f}"
-        params = sum(p.numel() for p in model.parameters())
-        out.append(f"{folder.name:<22} {model.config.tensor_product:<7} {params:>9} {len(epochs):>6} {per_s:>9} "
-                   f"{metrics['e_rmse']:>10.2f} {metrics['f_rmse']:>12.2f}")
+        seen = int(epochs[-1]["step"]) * config["training"]["batch_size"]
+        cpu = _cpu_seconds(folder)
+        row = dict(run=folder.name, product=model.config.tensor_product,
+                   params=sum(p.numel() for p in model.parameters()), epochs=len(epochs), seed=config["seed"],
+                   dtype=config["dtype"], train=config["data"]["train"], batch_size=config["training"]["batch_size"],
+                   model={k: config["model"][k] for k in ("channels", "lmax", "lmax_sh", "correlation",
+                                                          "num_interactions")},
+                   structures_trained=seen, cpu_seconds=cpu,
+                   structures_per_cpu_s=None if cpu is None else seen / cpu,
+                   structures_per_wall_s=seen / sum(float(r["time_s"]) for r in epochs),
+                   valid={k: metrics[k] for k in ("e_atom_rmse", "e_rmse", "f_rmse")})
+        if test is not None:
+            row["test"] = _test_errors(model, test, exclude)
+        rows.append(row)
+    return rows
+
+
+def summary_table(rows: list) -> str:
+    """The rows of train_summary as a text table (E in meV/atom and meV, F in meV/Å)."""
+    errors = f"{'E meV/at':>9} {'E meV':>7} {'F meV/A':>8}"
+    tested = any("test" in r for r in rows)
+    out = [f"{'run':<16} {'product':<7} {'params':>7} {'epochs':>6} {'str/CPU-s':>9} {'str/wall-s':>10}  valid "
+           + errors + ("  test " + errors if tested else "")]
+    for r in rows:
+        per_cpu = "-" if r["structures_per_cpu_s"] is None else f"{r['structures_per_cpu_s']:.2f}"
+        line = (f"{r['run']:<16} {r['product']:<7} {r['params']:>7} {r['epochs']:>6} {per_cpu:>9} "
+                f"{r['structures_per_wall_s']:>10.2f}")
+        for part in ("valid", "test") if tested else ("valid",):
+            e = r.get(part)
+            line += f"  {part} " + ("-" if e is None else
+                                    f"{e['e_atom_rmse']:>9.3f} {e['e_rmse']:>7.2f} {e['f_rmse']:>8.2f}")
+        out.append(line)
     return "\n".join(out)
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
+def train_summary_main(argv) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench/gaunt.py --train-summary",
+                                     description="Table (and JSON) of finished train.py runs, cg vs gaunt.")
+    parser.add_argument("folders", nargs="+", help="train.py output folders")
+    parser.add_argument("--test", type=Path, help="HDF5 file to evaluate every best model on")
+    parser.add_argument("--test-exclude", type=Path, help="leave out test structures whose positions are in here")
+    parser.add_argument("--json", type=Path, help="write the rows here (atomically), keeping other runs' rows")
+    args = parser.parse_args(argv)
+    rows = train_summary(args.folders, args.test, args.test_exclude)
+    if args.json is not None:  # rows of other runs already in the file stay (one file for several invocations)
+        new = {r["run"] for r in rows}
+        kept = [r for r in json.loads(args.json.read_text())["rows"] if r["run"] not in new] \
+            if args.json.is_file() else []
+        write_json({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "torch": torch.__version__, "cpus": os.cpu_count(),
+                    "units": {"e_atom_rmse": "meV/atom", "e_rmse": "meV", "f_rmse": "meV/Å (force components)"},
+                    "rows": kept + rows}, args.json)
+    print(summary_table(rows))
 
 
 def main(argv):
     if argv and argv[0] == "--train-summary":
-        print(train_summary(argv[1:]))
+        train_summary_main(argv[1:])
         return
     quick, grid_peer = "--quick" in argv, "--no-grid" not in argv
     t0 = time.time()
@@ -275,10 +371,7 @@ def main(argv):
     name = f"gaunt-{gpu}-{datetime.date.today().isoformat()}.json"
     folders = [_HERE / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, folder / name)
+        write_json(result, folder / name)
     print(table(rows, cost))
     print(f"{meta['seconds']} s; JSON: {folders[-1] / name}")
 
