@@ -115,7 +115,7 @@ class Dynamics:
         self.positions = state["positions"]  # [N, 3] Å
         self.momenta = state["momenta"]  # [N, 3] amu Å / ASE time
         self.masses = state["masses"][:, None]  # [N, 1] amu
-        sizes = torch.tensor([self.ptr[i + 1] - self.ptr[i] for i in range(b)], device=device)
+        sizes = state["ptr"].diff()  # [B] atoms per structure
         self.structure = state["batch"]  # [N] structure of each atom
         self.ndof = (3 * sizes).to(torch.float64)  # [B]
         self.dt = float(timestep) * units.fs

@@ -29,13 +29,11 @@ def has_label(structures, label: str) -> bool:
     return any(getattr(s, label) is not None for s in structures)
 
 
-def structure_loader(structures, batch_size, cutoff, num_workers, sampler=None) -> DataLoader:
-    """Batches of data.collate (neighbor lists computed in the workers), in the sampler's order (default: as
-    stored). The loader's own generator only seeds its workers (which draw no random numbers), so the
-    sampler's generator alone decides the order, however the workers are started."""
-    return DataLoader(structures, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(0),
-                      collate_fn=functools.partial(data.collate, cutoff=cutoff), drop_last=False,
+def structure_loader(structures, batch_size, cutoff, num_workers) -> DataLoader:
+    """Batches of data.collate (neighbor lists computed in the workers), in stored order. The loader's own
+    generator seeds its workers, so that iterating it draws nothing from torch's global RNG."""
+    return DataLoader(structures, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(0), collate_fn=functools.partial(data.collate, cutoff=cutoff), drop_last=False,
                       persistent_workers=num_workers > 0)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from data.atomic import atomic_path
+
 from .checkpoint import load_checkpoint
 from .config import ConfigError, TrainConfig, config_to_dict
 from .metrics import METRIC_NAMES
@@ -65,5 +67,5 @@ def drop_metrics_after(path: Path, epoch: int) -> None:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
         keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= epoch]
-        with open(path, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(keep)

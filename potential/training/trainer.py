@@ -242,8 +242,7 @@ class Trainer:
     def _train_epoch(self) -> dict:
         t = self.cfg.training
         w = self.weights
-        need_f = w.forces > 0 and has_label(self.sets.train, "forces")
-        need_s = w.stress > 0 and has_label(self.sets.train, "stress")
+        need_f, need_s = self._need("forces"), self._need("stress")
         seed = int(np.random.SeedSequence([self.cfg.seed, self.epoch]).generate_state(1, np.uint64)[0])
         self.generator.manual_seed(seed)
         if isinstance(self.sampler, torch.utils.data.DistributedSampler):

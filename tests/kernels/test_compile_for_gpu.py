@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from builders import load_module
 
 T = load_module("tumbler_triton_common", Path(__file__).with_name("_triton_common.py"))
